@@ -1,0 +1,220 @@
+"""MAML and first-order MAML.
+
+Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of
+Deep Networks", ICML 2017 (reference code: `cbfinn/maml`, TensorFlow 1).
+
+The structure mirrors the original `MAML.construct_model`: per task (mapped
+with `tf.map_fn` over the meta-batch), inner SGD steps on the support loss
+with step size `inner_lr`, the query loss after every step, and the
+meta-objective = mean over tasks of the query loss after `num_inner_steps`
+steps, minimised with Adam. Second-order meta-gradients come from nested
+`tf.GradientTape`s; `first_order=True` stops the gradient through the inner
+gradients (the original `--stop_grad`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.functional import ParameterSplit, functional_call
+
+
+class TaskBatch(NamedTuple):
+    """A meta-batch of tasks; every field has a leading task axis.
+
+    support_x: [tasks, num_support, ...]; support_y: [tasks, num_support, out]
+    query_x:   [tasks, num_query, ...];   query_y:   [tasks, num_query, out]
+    """
+
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor
+
+
+def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam with the TF1 `AdamOptimizer` defaults the original uses.
+
+    Keras 3 Adam's update (`lr_t = lr*sqrt(1-b2^t)/(1-b1^t)`,
+    `w -= lr_t*m/(sqrt(v)+eps)`) is the TF1 update; only epsilon differs by default.
+    """
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+
+
+class MAML:
+    """Model-agnostic meta-learning on a Keras model.
+
+    Args:
+      model: a built Keras 3 model (its trainable variables are the
+        meta-parameters).
+      loss_fn: `loss_fn(outputs, labels) -> scalar` loss of one task.
+      inner_lr: inner SGD step size (alpha, `--update_lr`).
+      num_inner_steps: inner steps whose query loss is meta-optimised
+        (`--num_updates`).
+      first_order: stop the gradient through inner gradients (`--stop_grad`).
+      adapt: which variables the inner loop adapts (see `ParameterSplit`);
+        default: all but normalisation parameters, as the original.
+      metric_fn: optional `metric_fn(outputs, labels) -> scalar` per task
+        (accuracy for classification).
+      clip_value: clip each meta-gradient element to [-clip_value, clip_value].
+      optimizer: outer optimiser (default: TF1-style Adam with `meta_lr`).
+      pretrain_optimizer: optimiser of the pretraining phase (default: a
+        separate TF1-style Adam, as the original).
+      meta_lr: Adam step size when the optimisers are defaults.
+      training: Keras training flag for every forward pass.
+    """
+
+    name = "maml"
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
+                 first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
+                 clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
+                 meta_lr: float = 1e-3, training: bool = True):
+        if num_inner_steps < 1:
+            raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.metric_fn = metric_fn
+        self.inner_lr = float(inner_lr)
+        self.num_inner_steps = int(num_inner_steps)
+        self.first_order = bool(first_order)
+        self.clip_value = clip_value
+        self.training = training
+        self.split = ParameterSplit(model, adapt)
+        self.optimizer = optimizer or tf1_adam(meta_lr)
+        self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
+        for opt in (self.optimizer, self.pretrain_optimizer):
+            opt.build(model.trainable_variables)
+        self.train_step = tf.function(self._train_step)
+        self.pretrain_step = tf.function(self._pretrain_step)
+        self.evaluate = tf.function(self._evaluate)
+
+    # ------------------------------------------------------------- inner loop
+    def weights(self) -> list:
+        """The current meta-parameters as tensors (differentiable reads)."""
+        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+
+    def forward(self, weights: Sequence, x):
+        return functional_call(self.model, weights, x, training=self.training)
+
+    def inner_step(self, weights: Sequence, x, y):
+        """One inner SGD step on the loss of `(x, y)`.
+
+        Returns:
+          `(outputs, loss, new_weights)`: outputs and loss at `weights`, and the
+          full weight list after the step (only adapted entries change).
+        """
+        adapted = self.split.adapted(weights)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(adapted)
+            outputs = self.forward(weights, x)
+            loss = self.loss_fn(outputs, y)
+        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if self.first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        fast = [w - self.inner_lr * g for w, g in zip(adapted, grads)]
+        return outputs, loss, self.split.replace(weights, fast)
+
+    def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
+        """Fast weights after `steps` inner steps on one task's support set."""
+        weights = self.weights() if weights is None else list(weights)
+        for _ in range(self.num_inner_steps if steps is None else steps):
+            _, _, weights = self.inner_step(weights, support_x, support_y)
+        return weights
+
+    def task_forward(self, weights: Sequence, support_x, support_y, query_x, query_y,
+                     num_steps: int) -> Dict[str, tf.Tensor]:
+        """The original `task_metalearn`: adaptation and the query loss after each step.
+
+        Returns a dict: `support_outputs`, `support_loss` (pre-update),
+        `query_outputs` [steps, ...], `query_losses` [steps] (and
+        `support_metric`, `query_metrics` [steps] with a metric).
+        """
+        query_outputs, query_losses = [], []
+        support_outputs = support_loss = None
+        for _ in range(num_steps):
+            outputs, loss, weights = self.inner_step(weights, support_x, support_y)
+            if support_outputs is None:
+                support_outputs, support_loss = outputs, loss
+            out_q = self.forward(weights, query_x)
+            query_outputs.append(out_q)
+            query_losses.append(self.loss_fn(out_q, query_y))
+        result = {"support_outputs": support_outputs, "support_loss": support_loss,
+                  "query_outputs": tf.stack(query_outputs), "query_losses": tf.stack(query_losses)}
+        if self.metric_fn is not None:
+            result["support_metric"] = self.metric_fn(support_outputs, support_y)
+            result["query_metrics"] = tf.stack([self.metric_fn(o, query_y) for o in query_outputs])
+        return result
+
+    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: int) -> Dict[str, tf.Tensor]:
+        """`task_forward` mapped over the tasks of a meta-batch (as `tf.map_fn` in the original)."""
+        batch = TaskBatch(*batch)
+        dtype = batch.support_x.dtype
+        spec = {"support_outputs": tf.TensorSpec(None, dtype), "support_loss": tf.TensorSpec(None, dtype),
+                "query_outputs": tf.TensorSpec(None, dtype), "query_losses": tf.TensorSpec(None, dtype)}
+        if self.metric_fn is not None:
+            spec.update(support_metric=tf.TensorSpec(None, dtype), query_metrics=tf.TensorSpec(None, dtype))
+        per_task = tf.map_fn(lambda task: self.task_forward(weights, *task, num_steps=num_steps), tuple(batch),
+                             fn_output_signature=spec, parallel_iterations=32)
+        # Totals as the original: sums over tasks divided by the meta-batch size.
+        per_task["total_loss1"] = tf.reduce_mean(per_task["support_loss"], 0)
+        per_task["total_losses2"] = tf.reduce_mean(per_task["query_losses"], 0)
+        if self.metric_fn is not None:
+            per_task["total_accuracy1"] = tf.reduce_mean(per_task["support_metric"], 0)
+            per_task["total_accuracies2"] = tf.reduce_mean(per_task["query_metrics"], 0)
+        return per_task
+
+    # ------------------------------------------------------------ outer step
+    def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None):
+        """Meta-gradient of the query loss after `num_inner_steps` steps.
+
+        Args:
+          batch: the task batch.
+          weights: meta-parameters as tensors (default: the model's).
+          num_steps: inner steps to build and report (>= num_inner_steps).
+
+        Returns:
+          `(gradients, results)`: unclipped gradients aligned with `weights`,
+          and the `batch_forward` results.
+        """
+        num_steps = self.num_inner_steps if num_steps is None else num_steps
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            weights = self.weights() if weights is None else list(weights)
+            tape.watch(weights)
+            results = self.batch_forward(weights, batch, num_steps)
+            meta_loss = results["total_losses2"][self.num_inner_steps - 1]
+        grads = tape.gradient(meta_loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, results
+
+    def clip(self, grads):
+        """Elementwise clipping of the meta-gradient (the original clips MiniImagenet's)."""
+        if self.clip_value is None:
+            return list(grads)
+        return [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
+
+    def _train_step(self, batch: TaskBatch):
+        """One meta-update (the original `metatrain_op`). Returns the batch results."""
+        grads, results = self.meta_gradients(batch)
+        self.optimizer.apply(self.clip(grads), self.model.trainable_variables)
+        return results
+
+    def _pretrain_step(self, batch: TaskBatch):
+        """One step of plain multi-task training on the pre-update loss (`pretrain_op`)."""
+        batch = TaskBatch(*batch)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            weights = self.weights()
+            tape.watch(weights)
+            losses = tf.map_fn(lambda t: self.loss_fn(self.forward(weights, t[0]), t[1]),
+                               (batch.support_x, batch.support_y), fn_output_signature=batch.support_x.dtype)
+            loss = tf.reduce_mean(losses)
+        grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # The original's pretrain_op is a plain Adam minimize: no clipping.
+        self.pretrain_optimizer.apply(grads, self.model.trainable_variables)
+        return {"total_loss1": loss}
+
+    def _evaluate(self, batch: TaskBatch, num_steps: int):
+        """Pre-update and per-step post-update results, without any update."""
+        return self.batch_forward(self.weights(), batch, num_steps)

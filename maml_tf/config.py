@@ -1,0 +1,180 @@
+"""The plain configuration object of a run: the original flags plus the port's own.
+
+`main.py` turns absl flags into a `Config`; nothing below `main.py` reads flags.
+Field names are the original flag names, so the README's flag table maps one to
+one. Derived quantities that the original computed inside `main()` (the number
+of inner steps built for reporting, the experiment folder name) live here as
+methods so that the training loop, the tests and the CLI agree on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
+NORMS = ("batch_norm", "layer_norm", "None")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Every option of a run. Defaults are the original `main.py` defaults."""
+
+    # Dataset / method.
+    datasource: str = "sinusoid"
+    num_classes: int = 5
+    baseline: Optional[str] = None
+    algorithm: str = "maml"
+    # Training.
+    pretrain_iterations: int = 0
+    metatrain_iterations: int = 15000
+    meta_batch_size: int = 25
+    meta_lr: float = 0.001
+    update_batch_size: int = 5
+    update_lr: float = 1e-3
+    num_updates: int = 1
+    # Model.
+    norm: str = "batch_norm"
+    num_filters: int = 64
+    conv: bool = True
+    max_pool: bool = False
+    stop_grad: bool = False
+    # Logging, saving, testing.
+    log: bool = True
+    logdir: str = "/tmp/data"
+    resume: bool = True
+    train: bool = True
+    test_iter: int = -1
+    test_set: bool = False
+    train_update_batch_size: int = -1
+    train_update_lr: float = -1.0
+    # Port-only options.
+    seed: int = 0
+    num_test_tasks: int = 600
+    data_dir: str = "data"  # Holds omniglot_resized/ and miniImagenet/ (the original's ./data).
+    omniglot_source: str = "folder"  # 'folder' (data_dir/omniglot_resized) or 'tfds'.
+    tfds_data_dir: Optional[str] = None  # tensorflow-datasets folder for omniglot_source='tfds'.
+    progress: bool = True
+
+    # ----------------------------------------------------------------- checks
+    def validate(self) -> "Config":
+        """Raises `ConfigError` for values the original would crash or misbehave on."""
+        from maml_tf import algorithms  # Local import: registry lives there.
+
+        if self.datasource not in DATASOURCES:
+            raise ConfigError(f"--datasource must be one of {', '.join(DATASOURCES)}; got {self.datasource!r}.")
+        if self.norm not in NORMS:
+            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
+        if self.algorithm not in algorithms.ALGORITHMS:
+            raise ConfigError(
+                f"--algorithm must be one of {', '.join(sorted(algorithms.ALGORITHMS))}; got {self.algorithm!r}.")
+        if self.baseline not in (None, "oracle"):
+            raise ConfigError(f"--baseline must be 'oracle' or unset; got {self.baseline!r}.")
+        if self.baseline == "oracle" and self.datasource != "sinusoid":
+            raise ConfigError("--baseline=oracle needs --datasource=sinusoid (it appends amplitude and phase to x).")
+        for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
+        for name in ("pretrain_iterations", "metatrain_iterations"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be non-negative; got {getattr(self, name)}.")
+        if self.num_updates < 1:
+            raise ConfigError(f"--num_updates must be at least 1; got {self.num_updates}.")
+        if self.meta_lr < 0 or self.update_lr < 0:
+            raise ConfigError("--meta_lr and --update_lr must be non-negative.")
+        if self.train_update_batch_size < -1 or self.train_update_batch_size == 0:
+            raise ConfigError("--train_update_batch_size must be -1 (same as --update_batch_size) or positive.")
+        if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
+            raise ConfigError("MiniImagenet's conv net flattens a 5x5 map and needs --max_pool=True "
+                              "(the original assumes it).")
+        return self
+
+    # --------------------------------------------------------------- derived
+    @property
+    def classification(self) -> bool:
+        return self.datasource != "sinusoid"
+
+    @property
+    def num_ways(self) -> int:
+        """N: classes per task (1 for regression, as in the original)."""
+        return self.num_classes if self.classification else 1
+
+    @property
+    def test_num_updates(self) -> int:
+        """Inner steps reported, as chosen in the original `main()`."""
+        if self.datasource == "sinusoid":
+            return 5 if self.train else 10
+        if self.datasource == "miniimagenet":
+            return 1 if self.train else 10
+        return 10
+
+    @property
+    def num_steps_reported(self) -> int:
+        """The original graph builds `max(test_num_updates, num_updates)` steps."""
+        return max(self.test_num_updates, self.num_updates)
+
+    @property
+    def num_query_per_class(self) -> int:
+        """K query points (15 for MiniImagenet training, as the original)."""
+        if self.datasource == "miniimagenet" and self.train:
+            return 15
+        return self.update_batch_size
+
+    @property
+    def first_order(self) -> bool:
+        return self.stop_grad
+
+    @property
+    def clip_value(self) -> Optional[float]:
+        """Elementwise meta-gradient clipping: the original clips MiniImagenet only."""
+        return 10.0 if self.datasource == "miniimagenet" else None
+
+    @property
+    def effective_train_update_batch_size(self) -> int:
+        return self.update_batch_size if self.train_update_batch_size == -1 else self.train_update_batch_size
+
+    @property
+    def effective_train_update_lr(self) -> float:
+        return self.update_lr if self.train_update_lr == -1 else self.train_update_lr
+
+    @property
+    def effective_pretrain_iterations(self) -> int:
+        # The original oracle baseline moves all meta-training into pretraining.
+        if self.baseline == "oracle":
+            return self.pretrain_iterations + self.metatrain_iterations
+        return self.pretrain_iterations
+
+    @property
+    def effective_metatrain_iterations(self) -> int:
+        return 0 if self.baseline == "oracle" else self.metatrain_iterations
+
+    def exp_string(self) -> str:
+        """The experiment folder name, built exactly as the original `main()`."""
+        s = (f"cls_{self.num_classes}.mbs_{self.meta_batch_size}.ubs_{self.effective_train_update_batch_size}"
+             f".numstep{self.num_updates}.updatelr{_py2_float(self.effective_train_update_lr)}")
+        if self.num_filters != 64:
+            s += f"hidden{self.num_filters}"
+        if self.max_pool:
+            s += "maxpool"
+        if self.stop_grad:
+            s += "stopgrad"
+        if self.baseline:
+            s += self.baseline
+        s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
+        if self.algorithm != "maml":
+            # Port-only: other algorithms get their own folder; MAML keeps the original name.
+            s += f".{self.algorithm}"
+        return s
+
+    def test_file_stem(self) -> str:
+        """`test_ubs{K}_stepsize{lr}`, the original name of the test outputs."""
+        return f"test_ubs{self.update_batch_size}_stepsize{_py2_float(self.update_lr)}"
+
+
+def _py2_float(x: float) -> str:
+    """`str(x)` as the original's flags produced it (floats always print as floats)."""
+    return str(float(x))

@@ -1,0 +1,107 @@
+"""One way to run a Keras model with other weights: `functional_call`.
+
+Every inner loop of every algorithm runs the model through `functional_call`,
+built on Keras 3 `model.stateless_call`. Weights are passed as a list aligned
+with `model.trainable_variables`; `ParameterSplit` says explicitly which of them
+are adapted in the inner loop (fast weights) and which are only meta-learned
+(by default the normalisation parameters, as in the original code, where the
+inner update touches only the weight dictionary).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.networks import NORMALIZATION_LAYERS
+
+
+def check_weights(model: keras.Model, weights: Sequence) -> None:
+    """Raises `ValueError` unless `weights` fits `model.trainable_variables`.
+
+    Runs at trace time (static shapes), so it costs nothing per step.
+    """
+    variables = model.trainable_variables
+    if len(weights) != len(variables):
+        raise ValueError(
+            f"Model {model.name!r} has {len(variables)} trainable variables but {len(weights)} weights were "
+            "given; pass one tensor per entry of model.trainable_variables, in that order.")
+    for i, (w, v) in enumerate(zip(weights, variables)):
+        if not tf.TensorShape(w.shape).is_compatible_with(v.shape):
+            raise ValueError(
+                f"Weight {i} for variable {v.path!r} has shape {tuple(w.shape)}, expected {tuple(v.shape)}.")
+
+
+def functional_call(model: keras.Model, weights: Sequence, inputs, training: bool = True,
+                    non_trainable: Optional[Sequence] = None):
+    """Runs `model(inputs)` with `weights` in place of its trainable variables.
+
+    Args:
+      model: a built Keras 3 model.
+      weights: tensors aligned with `model.trainable_variables` (differentiable).
+      inputs: model inputs.
+      training: Keras training flag (honoured by dropout; the TF1 batch norm
+        always uses batch statistics).
+      non_trainable: values for `model.non_trainable_variables` (default: their
+        current values).
+
+    Returns:
+      The model outputs.
+    """
+    check_weights(model, weights)
+    if non_trainable is None:
+        non_trainable = [v.value for v in model.non_trainable_variables]
+    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, training=training)
+    return outputs
+
+
+def _is_normalization_variable(model: keras.Model) -> Callable:
+    owned = set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, NORMALIZATION_LAYERS):
+            owned.update(id(v) for v in layer.trainable_variables)
+    return lambda v: id(v) in owned
+
+
+class ParameterSplit:
+    """Which trainable variables are adapted in the inner loop.
+
+    Args:
+      model: the Keras model.
+      adapt: a predicate on a variable (True: adapted in the inner loop), or a
+        list of booleans aligned with `model.trainable_variables`. Default:
+        everything except normalisation parameters, as in the original.
+    """
+
+    def __init__(self, model: keras.Model, adapt=None):
+        variables = model.trainable_variables
+        if not variables:
+            raise ValueError(f"Model {model.name!r} has no trainable variables: build it (call it once or give "
+                             "keras.Input shapes) and make sure some layers are trainable.")
+        if adapt is None:
+            is_norm = _is_normalization_variable(model)
+            mask = [not is_norm(v) for v in variables]
+        elif callable(adapt):
+            mask = [bool(adapt(v)) for v in variables]
+        else:
+            mask = [bool(a) for a in adapt]
+            if len(mask) != len(variables):
+                raise ValueError(f"adapt has {len(mask)} entries but the model has {len(variables)} trainable "
+                                 "variables.")
+        if not any(mask):
+            raise ValueError("No variable is adapted in the inner loop; check the `adapt` selection.")
+        self.mask: List[bool] = mask
+        self.adapted_indices = [i for i, a in enumerate(mask) if a]
+
+    def adapted(self, weights: Sequence) -> list:
+        """The adapted entries of a full weight list."""
+        return [weights[i] for i in self.adapted_indices]
+
+    def replace(self, weights: Sequence, adapted: Sequence) -> list:
+        """A full weight list with the adapted entries replaced."""
+        out = list(weights)
+        for i, w in zip(self.adapted_indices, adapted):
+            out[i] = w
+        return out

@@ -1,0 +1,244 @@
+"""The original MAML networks as Keras 3 models, with the original initialisers.
+
+Registry `NETWORKS` maps a name to a builder; `build_network(config)` picks the
+one the original would build for the flags (`fc` for sinusoid or `--conv=False`,
+`conv` otherwise). Normalisation layers reproduce TF1 `tf.contrib.layers`
+semantics with exact derivatives of every order:
+
+* `BatchNormTF1`: batch statistics on every call (training and test alike, so
+  evaluation is transductive as in the original), learned offset only, epsilon
+  1e-3, no moving averages. The variance is the mean of the squared *centred*
+  values with no stop-gradient on the mean. Keras' `BatchNormalization` (via
+  `tf.nn.moments`) stops the gradient of the mean inside the variance; first
+  derivatives agree, second derivatives do not, and the MAML meta-gradient
+  would be wrong by up to several times.
+* `LayerNormTF1`: normalise over all axes but the batch axis, offset and scale of
+  size channels, epsilon 1e-12, same exact moments.
+
+Each layer is named after the original variable scope so that TF1 checkpoints
+map onto it by name (`original_variable_names`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.config import Config
+
+
+# --------------------------------------------------------------- normalisation
+def exact_moments(x: tf.Tensor, axes: Sequence[int]):
+    """Mean and variance whose derivatives of every order are exact.
+
+    Args:
+      x: input tensor.
+      axes: axes to reduce.
+
+    Returns:
+      `(mean, variance)`, both with the reduced axes kept.
+    """
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    centred = x - mean  # No stop_gradient here, unlike tf.nn.moments.
+    variance = tf.reduce_mean(tf.square(centred), axis=axes, keepdims=True)
+    return mean, variance
+
+
+def _normalize(x, mean, variance, epsilon, offset, scale=None):
+    # Same arithmetic as tf.nn.batch_normalization, which the TF1 layers call.
+    inv = tf.math.rsqrt(variance + epsilon)
+    if scale is not None:
+        inv = inv * scale
+    return x * inv + (offset - mean * inv)
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class BatchNormTF1(keras.layers.Layer):
+    """`tf.contrib.layers.batch_norm` as the original MAML code uses it.
+
+    Always normalises with the statistics of the current batch (over every axis
+    but the last), learns an offset `beta` but no scale, epsilon 1e-3.
+    """
+
+    def __init__(self, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x, training=None):
+        del training  # Batch statistics always, as the original.
+        mean, variance = exact_moments(x, list(range(len(x.shape) - 1)))
+        return _normalize(x, mean, variance, self.epsilon, self.beta)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class LayerNormTF1(keras.layers.Layer):
+    """`tf.contrib.layers.layer_norm` with its defaults (epsilon 1e-12)."""
+
+    def __init__(self, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        mean, variance = exact_moments(x, list(range(1, len(x.shape))))
+        return _normalize(x, mean, variance, self.epsilon, self.beta, self.gamma)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+NORMALIZATION_LAYERS = (BatchNormTF1, LayerNormTF1, keras.layers.BatchNormalization,
+                        keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+
+
+def _norm_layer(norm: str, scope: str, dtype):
+    if norm == "batch_norm":
+        return BatchNormTF1(name=f"norm{scope}", dtype=dtype)
+    if norm == "layer_norm":
+        return LayerNormTF1(name=f"norm{scope}", dtype=dtype)
+    return None
+
+
+# ------------------------------------------------------------------- networks
+def build_fc(input_shape, dim_output: int, hidden: Sequence[int], norm: str, dtype="float32") -> keras.Model:
+    """The original `construct_fc_weights`/`forward_fc`.
+
+    Dense layers with truncated-normal (stddev 0.01) weights and zero biases,
+    normalisation + ReLU after each hidden layer. Image inputs are flattened.
+    The normalisation scopes are `0, 2, 3, ...` as in the original.
+
+    Args:
+      input_shape: shape of one example (without batch axis).
+      dim_output: output units.
+      hidden: hidden layer sizes.
+      norm: 'batch_norm', 'layer_norm' or 'None'.
+      dtype: variable and compute dtype.
+
+    Returns:
+      A built `keras.Model`.
+    """
+    init = keras.initializers.TruncatedNormal(stddev=0.01)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
+    h = inputs
+    if len(input_shape) > 1:
+        h = keras.layers.Flatten(dtype=dtype)(h)
+    for i, units in enumerate(hidden):
+        h = keras.layers.Dense(units, kernel_initializer=init, name=f"dense{i + 1}", dtype=dtype)(h)
+        layer = _norm_layer(norm, "0" if i == 0 else str(i + 1), dtype)
+        if layer is not None:
+            h = layer(h)
+        h = keras.layers.ReLU(dtype=dtype)(h)
+    out = keras.layers.Dense(dim_output, kernel_initializer=init, name=f"dense{len(hidden) + 1}", dtype=dtype)(h)
+    return keras.Model(inputs, out, name="fc")
+
+
+def build_conv(input_shape, dim_output: int, num_filters: int, norm: str, max_pool: bool,
+               head: str, dtype="float32") -> keras.Model:
+    """The original `construct_conv_weights`/`forward_conv`.
+
+    Four blocks of 3x3 conv (Glorot-uniform kernels, zero biases) ->
+    normalisation -> ReLU, either stride-2 SAME convs or stride-1 SAME convs
+    followed by 2x2 VALID max-pooling. Head 'mean' (Omniglot): spatial mean and
+    a dense layer with N(0, 1) weights; head 'flatten' (MiniImagenet): flatten
+    and a Glorot-uniform dense layer.
+
+    Returns:
+      A built `keras.Model`.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
+    h = inputs
+    for i in range(4):
+        h = keras.layers.Conv2D(num_filters, 3, strides=1 if max_pool else 2, padding="same",
+                                kernel_initializer="glorot_uniform", name=f"conv{i + 1}", dtype=dtype)(h)
+        layer = _norm_layer(norm, str(i), dtype)
+        if layer is not None:
+            h = layer(h)
+        h = keras.layers.ReLU(dtype=dtype)(h)
+        if max_pool:
+            h = keras.layers.MaxPooling2D(2, 2, padding="valid", dtype=dtype)(h)
+    if head == "mean":
+        h = keras.layers.GlobalAveragePooling2D(dtype=dtype)(h)
+        dense_init = keras.initializers.RandomNormal(stddev=1.0)
+    elif head == "flatten":
+        h = keras.layers.Flatten(dtype=dtype)(h)
+        dense_init = "glorot_uniform"
+    else:
+        raise ValueError(f"Unknown conv head {head!r}; use 'mean' or 'flatten'.")
+    out = keras.layers.Dense(dim_output, kernel_initializer=dense_init, name="dense5", dtype=dtype)(h)
+    return keras.Model(inputs, out, name="conv")
+
+
+INPUT_SHAPES = {"sinusoid": (1,), "omniglot": (28, 28, 1), "miniimagenet": (84, 84, 3)}
+
+
+def input_shape(config: Config):
+    if config.baseline == "oracle":
+        return (3,)  # x, amplitude, phase.
+    return INPUT_SHAPES[config.datasource]
+
+
+def _fc_from_config(config: Config, dtype):
+    hidden = [40, 40] if config.datasource == "sinusoid" else [256, 128, 64, 64]
+    return build_fc(input_shape(config), config.num_ways, hidden, config.norm, dtype)
+
+
+def _conv_from_config(config: Config, dtype):
+    head = "flatten" if config.datasource == "miniimagenet" else "mean"
+    return build_conv(input_shape(config), config.num_ways, config.num_filters, config.norm,
+                      config.max_pool, head, dtype)
+
+
+NETWORKS: Dict[str, Callable[[Config, str], keras.Model]] = {"fc": _fc_from_config, "conv": _conv_from_config}
+
+
+def network_name(config: Config) -> str:
+    """Which network the original builds for these flags."""
+    return "conv" if config.classification and config.conv else "fc"
+
+
+def build_network(config: Config, dtype="float32") -> keras.Model:
+    """Builds the original network for `config` (see `network_name`)."""
+    return NETWORKS[network_name(config)](config, dtype)
+
+
+# ------------------------------------------------- original TF1 variable names
+def original_variable_names(model: keras.Model) -> List[str]:
+    """The original TF1 name of each of `model.trainable_variables`, in order.
+
+    Conv net: `model/conv1..4`, conv biases `model/Variable`, `model/Variable_1..3`,
+    `model/w5`, `model/b5`, norm params `model/{0..3}/beta|gamma`. FC net: the
+    unnamed `tf.Variable`s `model/Variable`, `model/Variable_1`, ... in the
+    order w1, b1, w2, b2, ..., norm params `model/{scope}/beta|gamma`.
+    """
+    names = []
+    conv = any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers)
+    for var in model.trainable_variables:
+        layer_name, weight = var.path.split("/")[-2:]
+        if layer_name.startswith("norm"):
+            names.append(f"model/{layer_name[4:]}/{weight}")
+        elif conv and layer_name.startswith("conv"):
+            i = int(layer_name[4:])
+            names.append(f"model/conv{i}" if weight == "kernel" else _unnamed(i - 1))
+        elif conv and layer_name == "dense5":
+            names.append("model/w5" if weight == "kernel" else "model/b5")
+        elif layer_name.startswith("dense"):
+            i = int(layer_name[5:])
+            names.append(_unnamed(2 * (i - 1) + (weight == "bias")))
+        else:
+            raise ValueError(f"Variable {var.path} has no counterpart in the original code.")
+    return names
+
+
+def _unnamed(index: int) -> str:
+    return "model/Variable" if index == 0 else f"model/Variable_{index}"
