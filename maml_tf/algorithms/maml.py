@@ -195,9 +195,13 @@ class MAML:
             return list(grads)
         return [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
 
-    def _train_step(self, batch: TaskBatch):
-        """One meta-update (the original `metatrain_op`). Returns the batch results."""
-        grads, results = self.meta_gradients(batch)
+    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """One meta-update (the original `metatrain_op`). Returns the batch results.
+
+        `num_steps` (a Python int, default `num_inner_steps`) builds more steps
+        for reporting; the update is the same.
+        """
+        grads, results = self.meta_gradients(batch, num_steps=num_steps)
         self.optimizer.apply(self.clip(grads), self.model.trainable_variables)
         return results
 

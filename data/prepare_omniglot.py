@@ -1,0 +1,64 @@
+"""Resizes Lake's Omniglot release to 28x28 for MAML: `omniglot_resized/<alphabet>/<character>/*.png`.
+
+Usage (from the repository root):
+
+  python data/prepare_omniglot.py --source DIR --out data/omniglot_resized
+
+DIR holds `images_background.zip` and `images_evaluation.zip` (or the extracted
+folders) from github.com/brendenlake/omniglot (folder `python/`). The images
+are converted to 8-bit greyscale before the LANCZOS resize (antialiased);
+`--binary` keeps the original's binary images. See `maml_tf/data/prepare.py`.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _load_prepare():
+    """`maml_tf.data.prepare`, loaded from its file.
+
+    Importing it through the package would run `maml_tf/data/__init__.py`,
+    which imports TensorFlow (seconds of start-up and log noise) although the
+    preparation needs only Pillow.
+    """
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))  # So that worker processes can find the module by name.
+    name, path = "maml_tf.data.prepare", root / "maml_tf" / "data" / "prepare.py"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+prepare = _load_prepare()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True,
+                        help="folder with images_background(.zip) and images_evaluation(.zip)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "omniglot_resized"),
+                        help="output folder (default: data/omniglot_resized)")
+    parser.add_argument("--size", type=int, default=prepare.OMNIGLOT_SIZE, help="output width and height")
+    parser.add_argument("--binary", action="store_true",
+                        help="the original's binary images: resize the 1-bit PNGs as they are "
+                             "(Pillow then uses NEAREST instead of LANCZOS)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--workers", type=int, default=prepare.default_workers(),
+                        help="resizing processes (default: the usable CPU cores)")
+    args = parser.parse_args(argv)
+    try:
+        sources = prepare.find_omniglot_sources(args.source)
+        prepare.prepare_omniglot(sources, args.out, size=args.size, binary=args.binary,
+                                 overwrite=args.overwrite, workers=args.workers)
+    except prepare.PreparationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

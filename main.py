@@ -1,0 +1,87 @@
+"""Meta-learning from the command line, with the original MAML code's flags.
+
+Usage (the original README's commands work unchanged), e.g.
+    python main.py --datasource=sinusoid --logdir=logs/sine/ --metatrain_iterations=70000 --norm=None --update_batch_size=10
+    python main.py --datasource=sinusoid --logdir=logs/sine/ --metatrain_iterations=70000 --norm=None --update_batch_size=5 --train_update_batch_size=10 --train=False
+See README.md for every flag.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from maml_tf.config import Config, ConfigError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+## Dataset/method options
+flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
+flags.DEFINE_integer("num_classes", 5, "number of classes used in classification (e.g. 5-way classification).")
+flags.DEFINE_string("baseline", None, "oracle, or None")
+flags.DEFINE_string("algorithm", "maml", "meta-learning algorithm (registry: maml).")
+## Training options
+flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
+flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
+flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update")
+flags.DEFINE_float("meta_lr", 0.001, "the base learning rate of the generator")
+flags.DEFINE_integer("update_batch_size", 5,
+                     "number of examples used for inner gradient update (K for K-shot learning).")
+flags.DEFINE_float("update_lr", 1e-3, "step size alpha for inner gradient update.")
+flags.DEFINE_integer("num_updates", 1, "number of inner gradient updates during training.")
+## Model options
+flags.DEFINE_string("norm", "batch_norm", "batch_norm, layer_norm, or None")
+flags.DEFINE_integer("num_filters", 64, "number of filters for conv nets -- 32 for miniimagenet, 64 for omiglot.")
+flags.DEFINE_bool("conv", True, "whether or not to use a convolutional network, only applicable in some cases")
+flags.DEFINE_bool("max_pool", False, "Whether or not to use max pooling rather than strided convolutions")
+flags.DEFINE_bool("stop_grad", False, "if True, do not use second derivatives in meta-optimization (for speed)")
+## Logging, saving, and testing options
+flags.DEFINE_bool("log", True, "if false, do not log summaries, for debugging code.")
+flags.DEFINE_string("logdir", "/tmp/data", "directory for summaries and checkpoints.")
+flags.DEFINE_bool("resume", True, "resume training if there is a model available")
+flags.DEFINE_bool("train", True, "True to train, False to test.")
+flags.DEFINE_integer("test_iter", -1, "iteration to load model (-1 for latest model)")
+flags.DEFINE_bool("test_set", False, "Set to true to test on the the test set, False for the validation set.")
+flags.DEFINE_integer("train_update_batch_size", -1,
+                     "number of examples used for gradient update during training "
+                     "(use if you want to test with a different number).")
+flags.DEFINE_float("train_update_lr", -1,
+                   "value of inner gradient step step during training. "
+                   "(use if you want to test with a different value)")
+## Port-only options
+flags.DEFINE_integer("seed", 0, "seed of the training task sampler and the weight initialisers.")
+flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated with --train=False (the original uses 600).")
+flags.DEFINE_string("data_dir", "data", "folder holding omniglot_resized/ and miniImagenet/.")
+flags.DEFINE_enum("omniglot_source", "folder", ["folder", "tfds"],
+                  "read Omniglot from data_dir/omniglot_resized or from tensorflow-datasets.")
+flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets folder (omniglot_source=tfds).")
+flags.DEFINE_bool("progress", True, "show a progress bar on a terminal.")
+
+
+def config_from_flags() -> Config:
+    """All flags as a plain `Config`."""
+    fields = Config.__dataclass_fields__
+    return Config(**{name: FLAGS[name].value for name in fields})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = config_from_flags().validate()
+    except ConfigError as e:
+        raise app.UsageError(str(e))
+    from maml_tf import train  # TensorFlow is imported only after the flags are checked.
+    try:
+        train.run(config)
+    except (train.TrainingError, FileNotFoundError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    app.run(main)

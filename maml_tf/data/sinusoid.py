@@ -1,0 +1,71 @@
+"""Sinusoid regression tasks, as the original `DataGenerator.generate_sinusoid_batch`.
+
+Amplitude U[0.1, 5.0], phase U[0, pi], x U[-5, 5], y = A sin(x - phase). Each
+task has `num_points` points: the first K are the support set, the rest the
+query set. The numpy draws are made in the original's order (amplitudes,
+phases, then each task's inputs), so a `RandomState` seeded as the original's
+global `np.random.seed` reproduces the original's tasks exactly (the test
+protocol seeds 1).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+from maml_tf.algorithms.maml import TaskBatch
+
+
+class SinusoidTasks:
+    """An endless source of sinusoid task batches.
+
+    Args:
+      num_support: K, points in the support set.
+      num_query: points in the query set.
+      seed: seed of the numpy `RandomState`.
+      oracle: append amplitude and phase to each input (the `--baseline=oracle`).
+      amp_range, phase_range, input_range: the original ranges.
+    """
+
+    def __init__(self, num_support: int, num_query: int, seed: int, oracle: bool = False,
+                 amp_range=(0.1, 5.0), phase_range=(0.0, np.pi), input_range=(-5.0, 5.0)):
+        self.num_support = num_support
+        self.num_points = num_support + num_query
+        self.oracle = oracle
+        self.rng = np.random.RandomState(seed)
+        self.amp_range, self.phase_range, self.input_range = amp_range, phase_range, input_range
+
+    def sample(self, batch_size: int):
+        """Draws `batch_size` tasks.
+
+        Returns:
+          `(x, y, amp, phase)`: x and y are `[batch, num_points, 1]` float64,
+          amp and phase `[batch]`.
+        """
+        amp = self.rng.uniform(self.amp_range[0], self.amp_range[1], [batch_size])
+        phase = self.rng.uniform(self.phase_range[0], self.phase_range[1], [batch_size])
+        x = np.zeros([batch_size, self.num_points, 1])
+        y = np.zeros([batch_size, self.num_points, 1])
+        for t in range(batch_size):
+            x[t] = self.rng.uniform(self.input_range[0], self.input_range[1], [self.num_points, 1])
+            y[t] = amp[t] * np.sin(x[t] - phase[t])
+        return x, y, amp, phase
+
+    def to_inputs(self, x, amp, phase):
+        """Model inputs for points `x` [batch, n, 1]: x itself, or x with amplitude and phase (oracle)."""
+        if not self.oracle:
+            return x
+        extra = np.broadcast_to(np.stack([amp, phase], -1)[:, None, :], x.shape[:2] + (2,))
+        return np.concatenate([x, extra], -1)
+
+    def batches(self, meta_batch_size: int, num_batches: Optional[int] = None) -> Iterator[TaskBatch]:
+        """Task batches as float32 `TaskBatch`es; endless unless `num_batches` is given."""
+        i = 0
+        while num_batches is None or i < num_batches:
+            x, y, amp, phase = self.sample(meta_batch_size)
+            inputs = self.to_inputs(x, amp, phase).astype(np.float32)
+            y = y.astype(np.float32)
+            k = self.num_support
+            yield TaskBatch(inputs[:, :k], y[:, :k], inputs[:, k:], y[:, k:])
+            i += 1
