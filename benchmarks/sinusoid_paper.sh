@@ -4,13 +4,18 @@
 # Usage: bash benchmarks/sinusoid_paper.sh [iterations]   (default 70000)
 set -euo pipefail
 ITERS=${1:-70000}
-COMMON="--datasource=sinusoid --logdir=logs/sine/ --norm=None --update_lr=0.01 --progress=False"
+ONLY=${2:-all}  # all, maml or baselines
+COMMON="--datasource=sinusoid --norm=None --update_lr=0.01 --progress=False"
+# The original folder name ignores --pretrain_iterations: each baseline gets its own --logdir.
 # MAML, trained 10-shot, tested 5-shot with 10 steps.
-python main.py $COMMON --metatrain_iterations=$ITERS --update_batch_size=10
-python main.py $COMMON --metatrain_iterations=$ITERS --update_batch_size=5 --train_update_batch_size=10 --train=False
+if [ "$ONLY" != baselines ]; then
+python main.py $COMMON --logdir=logs/sine/ --metatrain_iterations=$ITERS --update_batch_size=10
+python main.py $COMMON --logdir=logs/sine/ --metatrain_iterations=$ITERS --update_batch_size=5 --train_update_batch_size=10 --train=False
+fi
+[ "$ONLY" = maml ] && exit 0
 # Pretrained baseline: plain multi-task training, then fine-tuning at test time.
-python main.py $COMMON --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=10
-python main.py $COMMON --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=5 --train_update_batch_size=10 --train=False
+python main.py $COMMON --logdir=logs/sine_pretrained/ --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=10
+python main.py $COMMON --logdir=logs/sine_pretrained/ --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=5 --train_update_batch_size=10 --train=False
 # Oracle: amplitude and phase given as inputs.
-python main.py $COMMON --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=10 --baseline=oracle
-python main.py $COMMON --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=5 --train_update_batch_size=10 --baseline=oracle --train=False
+python main.py $COMMON --logdir=logs/sine_oracle/ --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=10 --baseline=oracle
+python main.py $COMMON --logdir=logs/sine_oracle/ --pretrain_iterations=$ITERS --metatrain_iterations=0 --update_batch_size=5 --train_update_batch_size=10 --baseline=oracle --train=False
