@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     try:
         prepare.prepare_miniimagenet(args.source, images, args.out, size=args.size,
                                      overwrite=args.overwrite, workers=args.workers)
-    except prepare.PreparationError as e:
+    except (prepare.PreparationError, OSError) as e:  # Expected failures: a message, no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

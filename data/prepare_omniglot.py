@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         sources = prepare.find_omniglot_sources(args.source)
         prepare.prepare_omniglot(sources, args.out, size=args.size, binary=args.binary,
                                  overwrite=args.overwrite, workers=args.workers)
-    except prepare.PreparationError as e:
+    except (prepare.PreparationError, OSError) as e:  # Expected failures: a message, no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

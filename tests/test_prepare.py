@@ -6,6 +6,7 @@ Tests that need a `../shared` file skip when it is missing.
 """
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_resize_converts_mode_1_before_lanczos(small1):
     with zipfile.ZipFile(small1) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".png"))
         data = archive.read(name)
-    with Image.open(__import__("io").BytesIO(data)) as release:
+    with Image.open(io.BytesIO(data)) as release:
         assert release.mode == "1"  # Why the conversion matters: Pillow resizes mode '1' with NEAREST.
         expected = np.asarray(release.convert("L").resize((28, 28), Image.Resampling.LANCZOS))
     np.testing.assert_array_equal(np.asarray(prepare.resize_omniglot_image(data)), expected)

@@ -87,8 +87,8 @@ def _existing_output_is_reusable(out: Path, options: dict, overwrite: bool, log:
       PreparationError: `out` exists, was not made with `options`, and
         `overwrite` is False.
     """
-    if not out.exists() or overwrite:
-        return False
+    if not out.exists() or overwrite or (out.is_dir() and not any(out.iterdir())):
+        return False  # Nothing there (an empty folder counts as nothing), or to be replaced.
     marker = read_marker(out)
     if marker is not None and marker.get("options") == options:
         log(f"{out} is already prepared ({marker.get('num_images')} images); leaving it alone "
@@ -421,8 +421,9 @@ def prepare_miniimagenet(csv_dir: os.PathLike, images_dir: os.PathLike, out: os.
         return out
     splits = {split: read_miniimagenet_csv(csv_dir / f"{split}.csv") for split in MINIIMAGENET_SPLITS}
     if not images_dir.is_dir():
+        example = next((rows[0][0] for rows in splits.values() if rows), "n0153282900000005.jpg")
         raise SourceNotFoundError(f"MiniImagenet image folder {images_dir} does not exist; expected the original "
-                                  f"images named as in the CSVs (e.g. {splits['train'][0][0] if splits['train'] else 'n01532829xxxxxxxx.jpg'}).")
+                                  f"images named as in the CSVs (e.g. {example}).")
     missing = [name for rows in splits.values() for name, _ in rows if not (images_dir / name).is_file()]
     if missing:
         raise SourceNotFoundError(f"{len(missing)} images listed in the CSVs are missing from {images_dir}, "
