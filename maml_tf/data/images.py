@@ -273,6 +273,10 @@ class ImageTasks:
       invert: 1 - x after scaling to [0, 1] (Omniglot: strokes become 1).
       name: names the split in messages.
 
+    Attributes:
+      classes: the split's `ClassImages`; its `images` is a read-only numpy
+        view of the tensor the pipeline gathers from.
+
     Raises:
       ValueError: the split has fewer than N classes, or a class has fewer
         than K + Q images.
