@@ -1,0 +1,76 @@
+"""Smoke tests of the whole program: main.py trains, resumes, tests; bad flags give usage errors."""
+
+import csv
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, shared_path
+
+
+def run_main(*flags, check=True):
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--progress=False", *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"main.py {' '.join(flags)} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_sinusoid_train_resume_test(tmp_path):
+    common = [f"--logdir={tmp_path}", "--norm=None", "--update_batch_size=3", "--meta_batch_size=2"]
+    out = run_main(*common, "--metatrain_iterations=3").stdout
+    exp = tmp_path / "cls_5.mbs_2.ubs_3.numstep1.updatelr0.001nonorm"
+    assert "from iteration 0 to 3" in out and (exp / "model-2.index").exists()
+    out = run_main(*common, "--metatrain_iterations=5").stdout
+    assert "Restoring model weights" in out and "from iteration 3 to 5" in out
+    assert (exp / "model-4.index").exists() and list(exp.glob("events.out.tfevents*"))
+    out = run_main(*common, "--train=False", "--num_test_tasks=4").stdout
+    rows = read_csv(exp / "test_ubs3_stepsize0.001.csv")
+    assert rows[0] == [f"update{i}" for i in range(11)] and len(rows) == 4
+    mses = pickle.load(open(exp / "test_ubs3_stepsize0.001.pkl", "rb"))["mses"]
+    assert mses.shape == (4, 11) and np.all(np.isfinite(mses))
+    np.testing.assert_allclose(np.asarray(rows[1], float), mses.mean(0), rtol=1e-5)
+    assert (exp / "test_ubs3_stepsize0.001.png").exists()
+    assert "Mean validation accuracy/loss" in out
+
+
+def test_omniglot_from_tfds_smoke(tmp_path):
+    tfds_dir = shared_path("data", "tfds", "omniglot")
+    common = [f"--logdir={tmp_path}", "--datasource=omniglot", "--omniglot_source=tfds",
+              f"--tfds_data_dir={tfds_dir.parent}", "--update_batch_size=1", "--meta_batch_size=2",
+              "--num_filters=8", "--update_lr=0.4"]
+    run_main(*common, "--metatrain_iterations=2")
+    out = run_main(*common, "--train=False", "--num_test_tasks=3").stdout
+    exp = tmp_path / "cls_5.mbs_2.ubs_1.numstep1.updatelr0.4hidden8batchnorm"
+    values = pickle.load(open(exp / "test_ubs1_stepsize0.4.pkl", "rb"))["mses"]
+    assert values.shape == (3, 11) and np.all((values >= 0) & (values <= 1))
+    assert "Mean validation accuracy/loss" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--datasource=cifar"], "--datasource"),
+    (["--norm=batchnorm"], "--norm"),
+    (["--algorithm=nope"], "--algorithm"),
+    (["--datasource=omniglot", "--baseline=oracle"], "oracle"),
+    (["--meta_batch_size=-2"], "meta_batch_size"),
+])
+def test_bad_flags_are_usage_errors(flags, message):
+    proc = run_main(*flags, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_checkpoint_and_data_are_clear_errors(tmp_path):
+    proc = run_main(f"--logdir={tmp_path}", "--train=False", check=False)
+    assert proc.returncode == 1 and "No checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_main(f"--logdir={tmp_path}", "--datasource=omniglot", f"--data_dir={tmp_path}",
+                    "--metatrain_iterations=1", check=False)
+    assert proc.returncode == 1 and "prepare_omniglot" in proc.stderr and "Traceback" not in proc.stderr
