@@ -148,7 +148,8 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     pretrain, total = config.effective_pretrain_iterations, (config.effective_pretrain_iterations
                                                               + config.effective_metatrain_iterations)
     writer = tf.summary.create_file_writer(checkpoints.directory) if config.log else None
-    train_tasks = make_tasks(config, "train", config.seed).batches(config.meta_batch_size)
+    # A resumed run draws new tasks: its sampler seed depends on the iteration it starts from.
+    train_tasks = make_tasks(config, "train", config.seed + 7919 * resume_itr).batches(config.meta_batch_size)
     val_tasks = None
     if config.datasource != "sinusoid":
         val_tasks = make_tasks(config, "val", config.seed + 1).batches(config.meta_batch_size)
