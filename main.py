@@ -58,6 +58,11 @@ flags.DEFINE_enum("omniglot_source", "folder", ["folder", "tfds"],
                   "read Omniglot from data_dir/omniglot_resized or from tensorflow-datasets.")
 flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets folder (omniglot_source=tfds).")
 flags.DEFINE_bool("progress", True, "show a progress bar on a terminal.")
+flags.DEFINE_string("import_checkpoint", None,
+                    "start from (or, with --train=False, evaluate) a TF1 checkpoint written by the original code, "
+                    "e.g. logs/miniimagenet1shot/.../model59000.")
+flags.DEFINE_string("export_checkpoint", None, "after training or testing, write the weights as a TF1 checkpoint "
+                    "the original code can restore.")
 
 
 def config_from_flags() -> Config:

@@ -59,6 +59,8 @@ class Config:
     omniglot_source: str = "folder"  # 'folder' (data_dir/omniglot_resized) or 'tfds'.
     tfds_data_dir: Optional[str] = None  # tensorflow-datasets folder for omniglot_source='tfds'.
     progress: bool = True
+    import_checkpoint: Optional[str] = None  # A TF1 checkpoint of the original code to start from.
+    export_checkpoint: Optional[str] = None  # Write the final weights as a TF1 checkpoint here.
 
     # ----------------------------------------------------------------- checks
     def validate(self) -> "Config":

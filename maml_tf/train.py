@@ -281,7 +281,14 @@ def run(config: Config):
     directory = experiment_dir(config)
     checkpoints = Checkpoints(algo, directory)
     resume_itr = 0
-    if config.resume or not config.train:
+    if config.import_checkpoint:
+        from maml_tf.tf1_checkpoint import load_tf1_checkpoint
+        try:
+            load_tf1_checkpoint(algo.model, config.import_checkpoint)
+        except ValueError as e:
+            raise TrainingError(f"--import_checkpoint={config.import_checkpoint}: {e}") from None
+        print(f"Imported the original's checkpoint {config.import_checkpoint}")
+    elif config.resume or not config.train:
         path = checkpoints.path(config.test_iter)
         if path:
             print(f"Restoring model weights from {path}")
@@ -294,8 +301,13 @@ def run(config: Config):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(config), f, indent=1)
-        return train(config, algo, checkpoints, resume_itr)
-    return test(config, algo, directory)
+        result = train(config, algo, checkpoints, resume_itr)
+    else:
+        result = test(config, algo, directory)
+    if config.export_checkpoint:
+        from maml_tf.tf1_checkpoint import export_tf1_checkpoint
+        print(f"Exported {export_tf1_checkpoint(algo.model, config.export_checkpoint)} (original TF1 format)")
+    return result
 
 
 def _listdir(path: str):

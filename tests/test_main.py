@@ -42,6 +42,19 @@ def test_sinusoid_train_resume_test(tmp_path):
     assert "Mean validation accuracy/loss" in out
 
 
+def test_export_then_import_original_checkpoint(tmp_path):
+    common = [f"--logdir={tmp_path}", "--norm=None", "--update_batch_size=2", "--meta_batch_size=2"]
+    run_main(*common, "--metatrain_iterations=2", f"--export_checkpoint={tmp_path}/tf1/model1")
+    assert (tmp_path / "tf1" / "model1.index").exists()
+    out = run_main(f"--logdir={tmp_path}/other", "--norm=None", "--update_batch_size=2", "--train=False",
+                   "--num_test_tasks=2", f"--import_checkpoint={tmp_path}/tf1/model1").stdout
+    assert "Imported the original's checkpoint" in out
+    assert list((tmp_path / "other").glob("*/test_ubs2_stepsize0.001.csv"))
+    proc = run_main(f"--logdir={tmp_path}/other", "--train=False", f"--import_checkpoint={tmp_path}/tf1/model1",
+                    check=False)  # batch_norm flags: the checkpoint has no batch-norm offsets.
+    assert proc.returncode == 1 and "Missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_omniglot_from_tfds_smoke(tmp_path):
     tfds_dir = shared_path("data", "tfds", "omniglot")
     common = [f"--logdir={tmp_path}", "--datasource=omniglot", "--omniglot_source=tfds",
