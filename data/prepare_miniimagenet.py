@@ -12,29 +12,12 @@ images. The source images are read, never moved or modified. See
 """
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 
-def _load_prepare():
-    """`maml_tf.data.prepare`, loaded from its file.
-
-    Importing it through the package would run `maml_tf/data/__init__.py`,
-    which imports TensorFlow (seconds of start-up and log noise) although the
-    preparation needs only Pillow.
-    """
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))  # So that worker processes can find the module by name.
-    name, path = "maml_tf.data.prepare", root / "maml_tf" / "data" / "prepare.py"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-prepare = _load_prepare()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from anywhere.
+from maml_tf.data import prepare  # noqa: E402  (Pillow and numpy only: no TensorFlow start-up)
 
 
 def main(argv=None) -> int:

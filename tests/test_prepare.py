@@ -19,16 +19,7 @@ from PIL import Image
 
 from maml_tf.data import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-
-
-def shared(*parts) -> Path:
-    """A file under ../shared, or skip the test when it is missing."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is missing (../shared is not beside the repository)")
-    return path
+from tests.conftest import ROOT, SHARED, shared_path as shared  # noqa: F401
 
 
 def quiet(_line: str) -> None:

@@ -7,10 +7,12 @@ A task source has `batches(meta_batch_size, num_batches=None)`, an iterator of
 from __future__ import annotations
 
 from maml_tf.config import Config
-from maml_tf.data.sinusoid import SinusoidTasks
+
+# Task sources are imported when used: `maml_tf.data.prepare` (Pillow only) must not pull in TensorFlow.
 
 
 def _sinusoid(config: Config, split: str, seed: int):
+    from maml_tf.data.sinusoid import SinusoidTasks
     del split  # Sinusoid tasks are infinite: no splits, as the original.
     k = config.update_batch_size
     return SinusoidTasks(k, k, seed, oracle=config.baseline == "oracle")
