@@ -96,13 +96,17 @@ def test_forward_and_meta_gradient(name, dtype):
     output_tol, grad_tol = FILE_TOLERANCES.get((name, dtype), TOLERANCES[dtype])
     algo, names = build(z, config, dtype=dtype)
     steps = meta["num_updates_built"]
-    grads, results = algo.meta_gradients(batch_of(z, config, dtype), num_steps=steps)
-    # The 5-step MiniImagenet file is chaotic in float32 after step 2 (golden README): compare steps 1-2.
-    chaotic = name == "mini5w1s_maxpool"
-    errs = compare_forward(results, z, 2 if chaotic else steps, config.classification, output_tol)
-    clipped = algo.clip(grads)
-    for n, g, c in zip(names, grads, clipped):
-        if pre_bn_bias(n, config) or chaotic:
+    batch = batch_of(z, config, dtype)
+    if name == "mini5w1s_maxpool":
+        # Chaotic in float32 after inner step 2 (golden README): compare the first two steps' outputs;
+        # its meta-gradient is checked on extra_mini5w1s_maxpool_2step. (No gradient: saves ~10 GB.)
+        errs = compare_forward(algo.evaluate(batch, 2), z, 2, config.classification, output_tol)
+        grads = []
+    else:
+        grads, results = algo.meta_gradients(batch, num_steps=steps)
+        errs = compare_forward(results, z, steps, config.classification, output_tol)
+    for n, g, c in zip(names, grads, algo.clip(grads)):
+        if pre_bn_bias(n, config):
             continue
         scale = None
         if config.clip_value is not None:
