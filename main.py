@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
 flags.DEFINE_integer("num_classes", 5, "number of classes used in classification (e.g. 5-way classification).")
 flags.DEFINE_string("baseline", None, "oracle, or None")
-flags.DEFINE_string("algorithm", "maml", "meta-learning algorithm (registry: maml).")
+flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"], "meta-learning algorithm.")
 ## Training options
 flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
 flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
@@ -63,6 +63,25 @@ flags.DEFINE_string("import_checkpoint", None,
                     "e.g. logs/miniimagenet1shot/.../model59000.")
 flags.DEFINE_string("export_checkpoint", None, "after training or testing, write the weights as a TF1 checkpoint "
                     "the original code can restore.")
+
+## Reptile (--algorithm=reptile): the authors' flags and defaults, openai/supervised-reptile.
+## Shared: --num_classes (--classes), --update_batch_size (--shots), --meta_batch_size (--meta-batch),
+## --metatrain_iterations (--meta-iters), --seed.
+flags.DEFINE_integer("reptile_train_shots", 0, "shots per class in a training task (0: --update_batch_size).")
+flags.DEFINE_integer("reptile_inner_batch", 5, "inner mini-batch size in training.")
+flags.DEFINE_integer("reptile_inner_iters", 20, "inner iterations per training task.")
+flags.DEFINE_bool("reptile_replacement", False, "draw inner mini-batches with replacement.")
+flags.DEFINE_float("reptile_learning_rate", 1e-3, "inner Adam (beta1=0) step size, or SGD's with --reptile_sgd.")
+flags.DEFINE_float("reptile_meta_step", 0.1, "meta step size epsilon at the start.")
+flags.DEFINE_float("reptile_meta_step_final", 0.1, "meta step size at the end (linear schedule).")
+flags.DEFINE_integer("reptile_eval_batch", 5, "inner mini-batch size in evaluation.")
+flags.DEFINE_integer("reptile_eval_iters", 50, "inner iterations in evaluation.")
+flags.DEFINE_float("reptile_weight_decay", 1.0, "multiply the weights by this before each inner step (1: none).")
+flags.DEFINE_bool("reptile_transductive", False, "evaluate all query examples in one batch (batch-norm statistics "
+                  "shared); otherwise each with the support set.")
+flags.DEFINE_bool("reptile_sgd", False, "plain SGD instead of Adam in the inner loop.")
+flags.DEFINE_bool("reptile_foml", False, "the authors' first-order MAML instead of Reptile.")
+flags.DEFINE_integer("reptile_foml_tail", 0, "FOML: shots per class held out for the last inner step (0: none).")
 
 
 def config_from_flags() -> Config:

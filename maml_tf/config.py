@@ -61,6 +61,23 @@ class Config:
     progress: bool = True
     import_checkpoint: Optional[str] = None  # A TF1 checkpoint of the original code to start from.
     export_checkpoint: Optional[str] = None  # Write the final weights as a TF1 checkpoint here.
+    # Reptile (--algorithm=reptile): the authors' options and defaults (`openai/supervised-reptile`).
+    # Shared flags: --num_classes (classes), --update_batch_size (shots), --meta_batch_size (meta-batch),
+    # --metatrain_iterations (meta-iters), --seed.
+    reptile_train_shots: int = 0  # Shots per class in training tasks (0: --update_batch_size).
+    reptile_inner_batch: int = 5
+    reptile_inner_iters: int = 20
+    reptile_replacement: bool = False
+    reptile_learning_rate: float = 1e-3  # Inner Adam (or SGD) step size.
+    reptile_meta_step: float = 0.1
+    reptile_meta_step_final: float = 0.1
+    reptile_eval_batch: int = 5
+    reptile_eval_iters: int = 50
+    reptile_weight_decay: float = 1.0
+    reptile_transductive: bool = False
+    reptile_sgd: bool = False
+    reptile_foml: bool = False
+    reptile_foml_tail: int = 0  # 0: none.
 
     # ----------------------------------------------------------------- checks
     def validate(self) -> "Config":
@@ -90,12 +107,40 @@ class Config:
             raise ConfigError("--meta_lr and --update_lr must be non-negative.")
         if self.train_update_batch_size < -1 or self.train_update_batch_size == 0:
             raise ConfigError("--train_update_batch_size must be -1 (same as --update_batch_size) or positive.")
+        if self.algorithm != "maml":
+            self._validate_other_algorithm()
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             raise ConfigError("MiniImagenet's conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")
         return self
 
+    def _validate_other_algorithm(self) -> None:
+        if self.pretrain_iterations or self.baseline:
+            raise ConfigError(f"--pretrain_iterations and --baseline belong to MAML, not --algorithm={self.algorithm}.")
+        if self.algorithm == "reptile":
+            for name in ("reptile_inner_batch", "reptile_inner_iters", "reptile_eval_batch"):
+                if getattr(self, name) < 1:
+                    raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
+            if self.reptile_train_shots < 0 or self.reptile_eval_iters < 0 or self.reptile_foml_tail < 0:
+                raise ConfigError("--reptile_train_shots, --reptile_eval_iters and --reptile_foml_tail must be "
+                                  "non-negative.")
+            if self.reptile_foml_tail and not self.reptile_foml:
+                raise ConfigError("--reptile_foml_tail needs --reptile_foml=True.")
+            if self.reptile_foml_tail >= self.support_per_class("train"):
+                raise ConfigError(f"--reptile_foml_tail={self.reptile_foml_tail} must be smaller than the training "
+                                  f"shots ({self.support_per_class('train')}, --reptile_train_shots).")
+            pool = self.support_per_class("train") * self.num_ways
+            if self.reptile_replacement and self.reptile_inner_batch > pool:
+                raise ConfigError(f"--reptile_inner_batch={self.reptile_inner_batch} is larger than a training "
+                                  f"task ({pool} examples); mini-batches with replacement must fit.")
+
     # --------------------------------------------------------------- derived
+    def support_per_class(self, split: str) -> int:
+        """Support (training) examples per class of a task of `split` (K; Reptile trains on its train shots)."""
+        if split == "train" and self.algorithm == "reptile" and self.reptile_train_shots:
+            return self.reptile_train_shots
+        return self.update_batch_size
+
     @property
     def classification(self) -> bool:
         return self.datasource != "sinusoid"
@@ -170,11 +215,21 @@ class Config:
         if self.algorithm != "maml":
             # Port-only: other algorithms get their own folder; MAML keeps the original name.
             s += f".{self.algorithm}"
+        if self.algorithm == "reptile":  # Training options only: one run is tested in both evaluation modes.
+            s += (f".ts{self.support_per_class('train')}.ib{self.reptile_inner_batch}.ii{self.reptile_inner_iters}"
+                  f".lr{self.reptile_learning_rate:g}.ms{self.reptile_meta_step:g}-{self.reptile_meta_step_final:g}")
+            s += ("sgd" if self.reptile_sgd else "") + ("rep" if self.reptile_replacement else "")
+            s += (f"wd{self.reptile_weight_decay:g}" if self.reptile_weight_decay != 1 else "")
+            s += (f"foml{self.reptile_foml_tail}" if self.reptile_foml else "")
         return s
 
     def test_file_stem(self) -> str:
         """`test_ubs{K}_stepsize{lr}`, the original name of the test outputs."""
-        return f"test_ubs{self.update_batch_size}_stepsize{_py2_float(self.update_lr)}"
+        stem = f"test_ubs{self.update_batch_size}_stepsize{_py2_float(self.update_lr)}"
+        if self.algorithm == "reptile":
+            stem += (f".eb{self.reptile_eval_batch}.ei{self.reptile_eval_iters}"
+                     f".{'transductive' if self.reptile_transductive else 'nontransductive'}")
+        return stem
 
 
 def _py2_float(x: float) -> str:

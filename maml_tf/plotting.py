@@ -39,7 +39,7 @@ def plot_sinusoid(config, algo, path: str, seed: int = 0, steps=(1, 10)) -> str:
                 label=f"{n} grad step{'s' if n > 1 else ''}")
     ax.set_xlim(-5, 5)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"MAML, K={config.update_batch_size}")
+    ax.set_title(f"{type(algo).__name__}, K={config.update_batch_size}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

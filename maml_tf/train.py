@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import algorithms, losses, networks
+from maml_tf import algorithms, networks
 from maml_tf.config import Config
 from maml_tf.data import make_tasks
 
@@ -38,14 +38,7 @@ class TrainingError(RuntimeError):
 def build_algorithm(config: Config, model=None):
     """The algorithm of `config.algorithm` on the original network for `config`."""
     model = model or networks.build_network(config)
-    if config.classification:
-        loss_fn, metric_fn = losses.scaled_xent(config.update_batch_size), losses.accuracy
-    else:
-        loss_fn, metric_fn = losses.mse, None
-    return algorithms.ALGORITHMS[config.algorithm](
-        model, loss_fn, inner_lr=config.update_lr, num_inner_steps=config.num_updates,
-        first_order=config.first_order, metric_fn=metric_fn, clip_value=config.clip_value,
-        meta_lr=config.meta_lr)
+    return algorithms.ALGORITHMS[config.algorithm].from_config(config, model)
 
 
 def experiment_dir(config: Config) -> str:
@@ -54,7 +47,7 @@ def experiment_dir(config: Config) -> str:
 
 # ================================================================= checkpoints
 class Checkpoints:
-    """Model weights, both Adam states and the iteration, every `SAVE_INTERVAL` iterations.
+    """The algorithm's state (`algo.checkpoint_objects()`) and the iteration, every `SAVE_INTERVAL` iterations.
 
     Deliberate difference: the original saves trainable variables only, so
     resuming restarts Adam from zero; here the optimiser state is kept.
@@ -62,8 +55,7 @@ class Checkpoints:
 
     def __init__(self, algo, directory: str):
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(model=algo.model, optimizer=algo.optimizer,
-                                              pretrain_optimizer=algo.pretrain_optimizer, iteration=self.iteration)
+        self.checkpoint = tf.train.Checkpoint(iteration=self.iteration, **algo.checkpoint_objects())
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=10, checkpoint_name="model")
         self.directory = directory
 
@@ -91,15 +83,14 @@ class Checkpoints:
 
 
 # ====================================================================== train
-def _to_scalars(results: Dict, num_steps: int, classification: bool) -> Dict[str, float]:
+def _to_scalars(results: Dict, classification: bool) -> Dict[str, float]:
     out = {"Pre-update loss": float(results["total_loss1"])}
-    if "total_losses2" in results:
-        for j in range(num_steps):
-            out[f"Post-update loss, step {j + 1}"] = float(results["total_losses2"][j])
+    for j, value in enumerate(results.get("total_losses2", [])):
+        out[f"Post-update loss, step {j + 1}"] = float(value)
     if classification and "total_accuracy1" in results:
         out["Pre-update accuracy"] = float(results["total_accuracy1"])
-        for j in range(num_steps):
-            out[f"Post-update accuracy, step {j + 1}"] = float(results["total_accuracies2"][j])
+        for j, value in enumerate(results["total_accuracies2"]):
+            out[f"Post-update accuracy, step {j + 1}"] = float(value)
     return out
 
 
@@ -173,19 +164,19 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                     results = algo.evaluate(batch, num_steps)
             else:
                 results = algo.train_step(batch, num_steps if summary else None)
-                watched = results["total_losses2"][config.num_updates - 1]
+                watched = results["total_losses2"][algo.objective_step]
             watched = float(watched)
             if not np.isfinite(watched):
                 last = checkpoints.manager.latest_checkpoint or "none (no checkpoint was saved)"
                 raise TrainingError(f"The loss became {watched} at iteration {itr}; training stopped. "
                                     f"Last good checkpoint: {last}. Try a smaller --meta_lr or --update_lr.")
             if summary:
-                scalars = _to_scalars(results, num_steps, config.classification)
+                scalars = _to_scalars(results, config.classification)
                 if writer is not None:
                     with writer.as_default(step=itr):
                         for tag, value in scalars.items():
                             tf.summary.scalar("metatrain_" + tag, value)
-                pre, post = float(results[key1]), float(results[key][config.num_updates - 1])
+                pre, post = float(results[key1]), float(results[key][algo.objective_step])
                 prelosses.append(pre)
                 postlosses.append(post)
                 history["iteration"].append(itr)
@@ -201,12 +192,12 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                 checkpoints.save(itr)
             if val_tasks is not None and itr != 0 and itr % val_interval == 0:
                 val = algo.evaluate(next(val_tasks), num_steps)
-                val_scalars = _to_scalars(val, num_steps, config.classification)
+                val_scalars = _to_scalars(val, config.classification)
                 if writer is not None:
                     with writer.as_default(step=itr):
                         for tag, value in val_scalars.items():
                             tf.summary.scalar("metaval_" + tag, value)
-                print(f"Validation results: {float(val[key1])}, {float(val[key][config.num_updates - 1])}",
+                print(f"Validation results: {float(val[key1])}, {float(val[key][algo.objective_step])}",
                       flush=True)
             progress.update(itr)
     except KeyboardInterrupt:

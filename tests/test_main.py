@@ -74,6 +74,8 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     (["--algorithm=nope"], "--algorithm"),
     (["--datasource=omniglot", "--baseline=oracle"], "oracle"),
     (["--meta_batch_size=-2"], "meta_batch_size"),
+    (["--algorithm=reptile", "--reptile_foml_tail=1"], "--reptile_foml"),
+    (["--algorithm=reptile", "--pretrain_iterations=5"], "pretrain_iterations"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
     proc = run_main(*flags, check=False)
@@ -87,3 +89,32 @@ def test_missing_checkpoint_and_data_are_clear_errors(tmp_path):
     proc = run_main(f"--logdir={tmp_path}", "--datasource=omniglot", f"--data_dir={tmp_path}",
                     "--metatrain_iterations=1", check=False)
     assert proc.returncode == 1 and "prepare_omniglot" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reptile_sinusoid_train_resume_test(tmp_path):
+    common = [f"--logdir={tmp_path}", "--algorithm=reptile", "--norm=None", "--update_batch_size=3",
+              "--meta_batch_size=2", "--reptile_inner_iters=2", "--reptile_inner_batch=3", "--reptile_eval_iters=2"]
+    run_main(*common, "--metatrain_iterations=3")
+    exp = tmp_path / "cls_5.mbs_2.ubs_3.numstep1.updatelr0.001nonorm.reptile.ts3.ib3.ii2.lr0.001.ms0.1-0.1"
+    assert (exp / "model-2.index").exists()
+    out = run_main(*common, "--metatrain_iterations=5").stdout
+    assert "Restoring model weights" in out and "from iteration 3 to 5" in out
+    run_main(*common, "--train=False", "--num_test_tasks=3")
+    rows = read_csv(exp / "test_ubs3_stepsize0.001.eb5.ei2.nontransductive.csv")
+    assert rows[0] == ["update0", "update1"] and len(rows) == 4
+    assert (exp / "test_ubs3_stepsize0.001.eb5.ei2.nontransductive.png").exists()
+
+
+def test_reptile_omniglot_both_evaluation_modes(tmp_path):
+    tfds_dir = shared_path("data", "tfds", "omniglot")
+    common = [f"--logdir={tmp_path}", "--datasource=omniglot", "--omniglot_source=tfds", "--algorithm=reptile",
+              f"--tfds_data_dir={tfds_dir.parent}", "--update_batch_size=1", "--meta_batch_size=2",
+              "--num_filters=8", "--reptile_train_shots=2", "--reptile_inner_batch=4", "--reptile_inner_iters=2",
+              "--reptile_eval_iters=3", "--reptile_meta_step=1", "--reptile_meta_step_final=0"]
+    run_main(*common, "--metatrain_iterations=2")
+    exp = next(tmp_path.glob("cls_5.mbs_2.ubs_1.*reptile.ts2*"))
+    for mode in ("True", "False"):
+        run_main(*common, "--train=False", "--num_test_tasks=3", f"--reptile_transductive={mode}")
+    for name in ("transductive", "nontransductive"):
+        values = pickle.load(open(exp / f"test_ubs1_stepsize0.001.eb5.ei3.{name}.pkl", "rb"))["mses"]
+        assert values.shape == (3, 2) and np.all((values >= 0) & (values <= 1))

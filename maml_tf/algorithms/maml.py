@@ -88,9 +88,27 @@ class MAML:
         self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
         for opt in (self.optimizer, self.pretrain_optimizer):
             opt.build(model.trainable_variables)
+        self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
         self.train_step = tf.function(self._train_step)
         self.pretrain_step = tf.function(self._pretrain_step)
         self.evaluate = tf.function(self._evaluate)
+
+    @classmethod
+    def from_config(cls, config, model: keras.Model) -> "MAML":
+        """The algorithm `main.py` runs for `--algorithm=maml` (the original's losses and options)."""
+        from maml_tf import losses
+
+        if config.classification:
+            loss_fn, metric_fn = losses.scaled_xent(config.update_batch_size), losses.accuracy
+        else:
+            loss_fn, metric_fn = losses.mse, None
+        return cls(model, loss_fn, inner_lr=config.update_lr, num_inner_steps=config.num_updates,
+                   first_order=config.first_order, metric_fn=metric_fn, clip_value=config.clip_value,
+                   meta_lr=config.meta_lr)
+
+    def checkpoint_objects(self) -> Dict[str, object]:
+        """What a checkpoint must hold to resume exactly: weights and both Adam states."""
+        return {"model": self.model, "optimizer": self.optimizer, "pretrain_optimizer": self.pretrain_optimizer}
 
     # ------------------------------------------------------------- inner loop
     def weights(self) -> list:

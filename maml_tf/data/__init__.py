@@ -13,9 +13,9 @@ from maml_tf.config import Config
 
 def _sinusoid(config: Config, split: str, seed: int):
     from maml_tf.data.sinusoid import SinusoidTasks
-    del split  # Sinusoid tasks are infinite: no splits, as the original.
+    # Sinusoid tasks are infinite: no splits, as the original.
     k = config.update_batch_size
-    return SinusoidTasks(k, k, seed, oracle=config.baseline == "oracle")
+    return SinusoidTasks(config.support_per_class(split), k, seed, oracle=config.baseline == "oracle")
 
 
 def _images(config: Config, split: str, seed: int):

@@ -76,6 +76,6 @@ def miniimagenet_tasks(config, split: str, seed: Optional[int], *, tfds_download
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test'; got {split!r}.")
     classes = load_miniimagenet_split(Path(config.data_dir) / FOLDER_NAME, split, cache=cache)
-    return ImageTasks(classes, num_ways=config.num_classes, num_support=config.update_batch_size,
+    return ImageTasks(classes, num_ways=config.num_classes, num_support=config.support_per_class(split),
                       num_query=config.num_query_per_class, seed=seed, rotate=False, invert=False,
                       name=f"MiniImagenet {split}")

@@ -189,6 +189,6 @@ def omniglot_tasks(config, split: str, seed: Optional[int], *, tfds_download: bo
             "Omniglot has %d characters here, not %d: the split differs from the original's.",
             characters.num_classes, NUM_CHARACTERS)
     chosen = characters.select(split_indices(characters.num_classes, split))
-    return ImageTasks(chosen, num_ways=config.num_classes, num_support=config.update_batch_size,
+    return ImageTasks(chosen, num_ways=config.num_classes, num_support=config.support_per_class(split),
                       num_query=config.num_query_per_class, seed=seed, rotate=True, invert=True,
                       name=f"Omniglot {split}")

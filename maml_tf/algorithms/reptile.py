@@ -1,0 +1,316 @@
+"""Reptile and the authors' first-order MAML (FOML).
+
+Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018
+(authors' code: `openai/supervised-reptile`, TensorFlow 1). Their procedure,
+step by step:
+
+* Per training task (N classes, `train_shots` examples each), `inner_iters`
+  steps of the inner optimiser on mini-batches of `inner_batch_size` of the
+  task's examples. Mini-batches without replacement are consecutive chunks of
+  a stream of random permutations of the examples (a chunk may span two
+  permutations); with replacement, each mini-batch is a random subset.
+* The inner optimiser is Adam with beta1 = 0 (or plain SGD). Its state (the
+  moments and the step count) is *not* reset between tasks: the authors' one
+  `AdamOptimizer` runs through all training tasks, so the state carries from
+  task to task and from meta-iteration to meta-iteration. Tasks of a
+  meta-batch therefore run one after the other.
+* The inner loss is the softmax cross-entropy *summed* over the mini-batch
+  (their `minimize` of a per-example loss vector). Before every inner step
+  the weights are multiplied by `weight_decay` (1: no decay).
+* Outer update: `theta <- theta + epsilon * (mean_tasks(phi_task) - theta)`,
+  with `epsilon` moving linearly from `meta_step` to `meta_step_final` over
+  `total_iterations`. FOML instead moves along the mean of the last inner
+  step's change, `theta <- theta + epsilon * mean_tasks(phi_last - phi_before_last)`;
+  with `foml_tail`, that last step is taken on `foml_tail` held-out shots per
+  class and the earlier ones on the rest.
+* Evaluation of a task: `eval_inner_iters` steps on mini-batches of
+  `eval_inner_batch_size` of the support set, starting from the current inner
+  optimiser state, which is then discarded (the authors save and restore it
+  around evaluation, so nothing leaks between evaluation tasks or into
+  training). Transductive evaluation predicts all query examples in one
+  batch (batch norm statistics of the query set); non-transductive
+  evaluation predicts each query example in a batch made of the support set
+  plus that one example, as the authors do.
+
+Everything runs in TensorFlow: the mini-batch indices come from a seeded
+`tf.random.Generator` (checkpointed with the weights, the inner optimiser
+state and the iteration counter), and each train step is one `tf.function`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.functional import ParameterSplit, functional_call
+
+
+class InnerOptimizerState(tf.Module):
+    """The inner Adam's moments (one pair per adapted variable) and its step count."""
+
+    def __init__(self, variables: Sequence[tf.Variable]):
+        super().__init__(name="inner_optimizer")
+        self.m = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="m") for v in variables]
+        self.v = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="v") for v in variables]
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps")
+
+    def read(self):
+        return ([tf.convert_to_tensor(m) for m in self.m], [tf.convert_to_tensor(v) for v in self.v],
+                tf.convert_to_tensor(self.steps))
+
+    def assign(self, state) -> None:
+        m, v, steps = state
+        for var, value in zip(self.m + self.v, list(m) + list(v)):
+            var.assign(value)
+        self.steps.assign(steps)
+
+
+class Reptile:
+    """Reptile (or FOML) on a Keras model, with the authors' options and defaults.
+
+    Args:
+      model: a built Keras model (its trainable variables are the meta-parameters).
+      loss_fn: `loss_fn(outputs, labels) -> scalar` of a mini-batch (the
+        authors: softmax cross-entropy summed over the mini-batch).
+      total_iterations: meta-iterations of the whole run (epsilon's schedule).
+      inner_lr: inner Adam (or SGD) step size (`--learning-rate`).
+      inner_batch_size, inner_iters: inner mini-batch size and steps in training.
+      eval_inner_batch_size, eval_inner_iters: the same in evaluation.
+      meta_step, meta_step_final: epsilon at the first and after the last iteration.
+      replacement: draw inner mini-batches with replacement.
+      sgd: plain SGD instead of Adam(beta1=0) in the inner loop.
+      inner_beta1, inner_beta2, inner_epsilon: the inner Adam's constants
+        (the authors: 0, TF1's 0.999 and 1e-8).
+      weight_decay: multiply the adapted weights by this before each inner step.
+      transductive: evaluate the query examples in one batch.
+      foml: the first-order MAML variant; foml_tail: held-out shots per class
+        for its last step (None: the last step's mini-batch is drawn as the others).
+      adapt: which variables the inner loop trains (default: all, as the authors).
+      metric_fn: optional `metric_fn(outputs, labels) -> scalar` (accuracy).
+      seed: seed of the mini-batch sampler.
+      training: Keras training flag of every forward pass.
+    """
+
+    name = "reptile"
+    objective_step = 0  # `total_losses2` holds one entry: after the inner loop.
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, total_iterations: int, inner_lr: float = 1e-3,
+                 inner_batch_size: int = 5, inner_iters: int = 20, eval_inner_batch_size: int = 5,
+                 eval_inner_iters: int = 50, meta_step: float = 0.1, meta_step_final: float = 0.1,
+                 replacement: bool = False, sgd: bool = False, inner_beta1: float = 0.0,
+                 inner_beta2: float = 0.999, inner_epsilon: float = 1e-8, weight_decay: float = 1.0,
+                 transductive: bool = False, foml: bool = False, foml_tail: Optional[int] = None,
+                 adapt=None, metric_fn: Optional[Callable] = None, seed: int = 0, training: bool = True):
+        if inner_iters < 1 or eval_inner_iters < 0 or inner_batch_size < 1 or eval_inner_batch_size < 1:
+            raise ValueError("inner_iters and the inner batch sizes must be at least 1, eval_inner_iters at least 0.")
+        if foml_tail is not None and not foml:
+            raise ValueError("foml_tail needs foml=True.")
+        self.model = model
+        self.loss_fn, self.metric_fn = loss_fn, metric_fn
+        self.total_iterations = max(int(total_iterations), 1)
+        self.inner_lr = float(inner_lr)
+        self.inner_batch_size, self.inner_iters = int(inner_batch_size), int(inner_iters)
+        self.eval_inner_batch_size, self.eval_inner_iters = int(eval_inner_batch_size), int(eval_inner_iters)
+        self.meta_step, self.meta_step_final = float(meta_step), float(meta_step_final)
+        self.replacement, self.sgd = bool(replacement), bool(sgd)
+        self.beta1, self.beta2, self.epsilon = float(inner_beta1), float(inner_beta2), float(inner_epsilon)
+        self.weight_decay = float(weight_decay)
+        self.transductive, self.foml, self.foml_tail = bool(transductive), bool(foml), foml_tail
+        self.training = training
+        self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
+        self.inner_state = InnerOptimizerState(self.split.adapted(model.trainable_variables))
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iterations")
+        self.rng = tf.random.Generator.from_seed(seed)
+        self.train_step = tf.function(self._train_step)
+        self.evaluate = tf.function(self._evaluate)
+
+    @classmethod
+    def from_config(cls, config, model: keras.Model) -> "Reptile":
+        """The algorithm `main.py` runs for `--algorithm=reptile`."""
+        from maml_tf import losses
+
+        loss_fn, metric_fn = (losses.scaled_xent(1), losses.accuracy) if config.classification else (losses.mse, None)
+        return cls(model, loss_fn, total_iterations=config.metatrain_iterations,
+                   inner_lr=config.reptile_learning_rate, inner_batch_size=config.reptile_inner_batch,
+                   inner_iters=config.reptile_inner_iters, eval_inner_batch_size=config.reptile_eval_batch,
+                   eval_inner_iters=config.reptile_eval_iters, meta_step=config.reptile_meta_step,
+                   meta_step_final=config.reptile_meta_step_final, replacement=config.reptile_replacement,
+                   sgd=config.reptile_sgd, weight_decay=config.reptile_weight_decay,
+                   transductive=config.reptile_transductive, foml=config.reptile_foml,
+                   foml_tail=config.reptile_foml_tail or None, metric_fn=metric_fn, seed=config.seed)
+
+    def checkpoint_objects(self) -> Dict[str, tf.Module]:
+        """What a checkpoint must hold to resume exactly."""
+        return {"model": self.model, "inner_optimizer": self.inner_state, "meta_iterations": self.iterations,
+                "sampler": self.rng}
+
+    # --------------------------------------------------------------- pieces
+    def weights(self) -> list:
+        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+
+    def forward(self, weights: Sequence, x):
+        return functional_call(self.model, weights, x, training=self.training)
+
+    def meta_step_size(self, iteration) -> tf.Tensor:
+        """Epsilon at 0-based meta-iteration `iteration`: linear from `meta_step` to `meta_step_final`."""
+        frac = tf.cast(iteration, tf.float64) / self.total_iterations
+        return frac * self.meta_step_final + (1.0 - frac) * self.meta_step
+
+    def minibatch_indices(self, num_tasks: int, pool: int, batch_size: int, num_batches: int) -> tf.Tensor:
+        """[num_tasks, num_batches, batch_size] indices into a pool of `pool` examples, per task.
+
+        Without replacement: consecutive chunks of concatenated random
+        permutations of the pool (the authors' `_mini_batches`); with
+        replacement: each mini-batch is a random subset.
+        """
+        if self.replacement:
+            if batch_size > pool:
+                raise ValueError(f"Mini-batches of {batch_size} drawn with replacement need at least that many "
+                                 f"examples per task; a task has {pool}.")
+            keys = self.rng.uniform([num_tasks, num_batches, pool])
+            return tf.argsort(keys, axis=-1)[..., :batch_size]
+        permutations = -(-num_batches * batch_size // pool)
+        perms = tf.argsort(self.rng.uniform([num_tasks, permutations, pool]), axis=-1)
+        stream = tf.reshape(perms, [num_tasks, permutations * pool])[:, :num_batches * batch_size]
+        return tf.reshape(stream, [num_tasks, num_batches, batch_size])
+
+    def inner_step(self, weights: Sequence, state, x, y):
+        """One inner step (TF1 Adam, or SGD) on the loss of `(x, y)`.
+
+        Returns:
+          `(new_weights, new_state, loss)`; `state` is `(m, v, steps)`.
+        """
+        adapted = self.split.adapted(weights)
+        if self.weight_decay != 1.0:
+            adapted = [w * self.weight_decay for w in adapted]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(adapted)
+            loss = self.loss_fn(self.forward(self.split.replace(weights, adapted), x), y)
+        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if self.sgd:
+            return self.split.replace(weights, [w - self.inner_lr * g for w, g in zip(adapted, grads)]), state, loss
+        m, v, steps = state
+        steps = steps + 1
+        t = tf.cast(steps, adapted[0].dtype)
+        m = [self.beta1 * mi + (1.0 - self.beta1) * g for mi, g in zip(m, grads)]
+        v = [self.beta2 * vi + (1.0 - self.beta2) * tf.square(g) for vi, g in zip(v, grads)]
+        lr_t = self.inner_lr * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+        new = [w - lr_t * mi / (tf.sqrt(vi) + self.epsilon) for w, mi, vi in zip(adapted, m, v)]
+        return self.split.replace(weights, new), (m, v, steps), loss
+
+    def inner_loop(self, weights: Sequence, state, x, y, indices):
+        """Inner steps on the mini-batches `x[indices[i]]`, i = 0, 1, ... (a `tf.while_loop`).
+
+        Returns:
+          `(weights, state, first_loss)`: the loss is that of the first mini-batch (before any step).
+        """
+        num = tf.shape(indices)[0]
+
+        def body(i, weights, state, first_loss):
+            batch = indices[i]
+            weights, state, loss = self.inner_step(weights, state, tf.gather(x, batch), tf.gather(y, batch))
+            return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
+
+        first = tf.constant(float("nan"), x.dtype)
+        _, weights, state, first_loss = tf.while_loop(lambda i, *_: i < num, body,
+                                                      (tf.constant(0), list(weights), state, first))
+        return weights, state, first_loss
+
+    def predict(self, weights: Sequence, support_x, query_x, transductive: Optional[bool] = None):
+        """Query outputs: in one batch (transductive) or each with the support set (non-transductive).
+
+        `transductive` defaults to the algorithm's setting.
+        """
+        if self.transductive if transductive is None else transductive:
+            return self.forward(weights, query_x)
+        num_query = tf.shape(query_x)[0]
+        support = tf.repeat(support_x[None], num_query, axis=0)
+        groups = tf.concat([support, query_x[:, None]], axis=1)  # [Q, S + 1, ...]
+        return tf.map_fn(lambda g: self.forward(weights, g)[-1], groups,
+                         fn_output_signature=tf.TensorSpec(None, query_x.dtype))
+
+    def _report(self, results: Dict[str, list]) -> Dict[str, tf.Tensor]:
+        """Means over tasks in the layout of `MAML.batch_forward`."""
+        out = {"total_loss1": tf.reduce_mean(tf.stack(results["loss1"])),
+               "total_losses2": tf.reduce_mean(tf.stack(results["loss2"]))[None]}
+        if self.metric_fn is not None:
+            out["total_accuracy1"] = tf.reduce_mean(tf.stack(results["metric1"]))
+            out["total_accuracies2"] = tf.reduce_mean(tf.stack(results["metric2"]))[None]
+        return out
+
+    def _query_results(self, results, theta, phi, support_x, query_x, query_y, transductive=None):
+        for key, weights in (("1", theta), ("2", phi)):
+            outputs = self.predict(weights, support_x, query_x, transductive)
+            results["loss" + key].append(self.loss_fn(outputs, query_y))
+            if self.metric_fn is not None:
+                results["metric" + key].append(self.metric_fn(outputs, query_y))
+
+    # ---------------------------------------------------------- train, test
+    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """One meta-iteration on the tasks of `batch` (its support sets are the training shots).
+
+        Returns the mean over tasks of the query loss (and metric) before
+        (`total_loss1`) and after (`total_losses2[0]`) each task's inner loop,
+        computed transductively. `num_steps` is accepted for the training
+        loop's sake and ignored.
+        """
+        del num_steps
+        batch = TaskBatch(*batch)
+        num_tasks, pool = batch.support_x.shape[0], batch.support_x.shape[1]
+        num_ways = batch.support_y.shape[-1]
+        theta = self.weights()
+        state = self.inner_state.read()
+        if self.foml_tail:
+            train_pool = pool - self.foml_tail * num_ways  # Shot-major layout: the tail is the last shots.
+            if train_pool < 1:
+                raise ValueError(f"foml_tail={self.foml_tail} leaves no training shots out of {pool // num_ways}.")
+            main = self.minibatch_indices(num_tasks, train_pool, self.inner_batch_size, self.inner_iters - 1)
+            last = tf.tile(tf.range(train_pool, pool)[None], [num_tasks, 1])
+        else:
+            indices = self.minibatch_indices(num_tasks, pool, self.inner_batch_size, self.inner_iters)
+            main, last = indices[:, :-1], indices[:, -1]
+        directions = [tf.zeros_like(w) for w in theta]
+        results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
+        for task in range(num_tasks):  # In order: the inner optimiser state carries over.
+            x, y = batch.support_x[task], batch.support_y[task]
+            before_last, state, _ = self.inner_loop(theta, state, x, y, main[task])
+            phi, state, _ = self.inner_step(before_last, state, tf.gather(x, last[task]), tf.gather(y, last[task]))
+            start = before_last if self.foml else theta
+            directions = [d + (p - s) for d, p, s in zip(directions, phi, start)]
+            self._query_results(results, theta, phi, x, batch.query_x[task], batch.query_y[task], transductive=True)
+        epsilon = tf.cast(self.meta_step_size(self.iterations), theta[0].dtype)
+        for var, w, d in zip(self.model.trainable_variables, theta, directions):
+            var.assign(w + epsilon * d / num_tasks)
+        self.inner_state.assign(state)
+        self.iterations.assign_add(1)
+        return self._report(results)
+
+    def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
+        """Fast weights after `steps` (default `eval_inner_iters`) evaluation steps on one support set.
+
+        Starts from a copy of the current inner optimiser state, which is left unchanged.
+        """
+        steps = self.eval_inner_iters if steps is None else steps
+        weights = self.weights() if weights is None else list(weights)
+        indices = self.minibatch_indices(1, support_x.shape[0], self.eval_inner_batch_size, steps)[0]
+        weights, _, _ = self.inner_loop(weights, self.inner_state.read(), support_x, support_y, indices)
+        return weights
+
+    def _evaluate(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """Query loss (and metric) of each task before and after `eval_inner_iters` steps, averaged.
+
+        `num_steps` is ignored (the evaluation runs `eval_inner_iters` steps
+        and reports their end point).
+        """
+        del num_steps
+        batch = TaskBatch(*batch)
+        theta = self.weights()
+        results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
+        for task in range(batch.support_x.shape[0]):
+            sx, sy = batch.support_x[task], batch.support_y[task]
+            phi = self.adapt(sx, sy, weights=theta)
+            self._query_results(results, theta, phi, sx, batch.query_x[task], batch.query_y[task])
+        return self._report(results)
