@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
 flags.DEFINE_integer("num_classes", 5, "number of classes used in classification (e.g. 5-way classification).")
 flags.DEFINE_string("baseline", None, "oracle, or None")
-flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"], "meta-learning algorithm.")
+flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile", "imaml"], "meta-learning algorithm.")
 ## Training options
 flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
 flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
@@ -82,6 +82,18 @@ flags.DEFINE_bool("reptile_transductive", False, "evaluate all query examples in
 flags.DEFINE_bool("reptile_sgd", False, "plain SGD instead of Adam in the inner loop.")
 flags.DEFINE_bool("reptile_foml", False, "the authors' first-order MAML instead of Reptile.")
 flags.DEFINE_integer("reptile_foml_tail", 0, "FOML: shots per class held out for the last inner step (0: none).")
+
+## iMAML (--algorithm=imaml): the authors' flags and defaults, aravindr93/imaml_dev. Shared: --meta_lr (--outer_lr),
+## --meta_batch_size (--task_mb_size), --metatrain_iterations (--meta_steps), --num_classes, --update_batch_size.
+flags.DEFINE_float("imaml_lam", 1.0, "proximal regularisation lambda of the inner problem (the paper: 2.0).")
+flags.DEFINE_enum("imaml_solver", "gd", ["gd", "hessian_free"], "inner solver: gradient descent or Newton-CG.")
+flags.DEFINE_integer("imaml_n_steps", 16, "inner gradient steps (gd) or Newton iterations (hessian_free).")
+flags.DEFINE_float("imaml_inner_lr", 1e-2, "inner gradient-descent step size (the paper's Omniglot runs: 0.1).")
+flags.DEFINE_integer("imaml_cg_steps", 5, "conjugate-gradient steps of the implicit meta-gradient (<= 1: first order).")
+flags.DEFINE_float("imaml_cg_damping", 1.0, "CG matrix (1 + d) v + H v / (lam + lam_damping): d (0 with "
+                   "lam_damping 0 gives the exact I + H / lam).")
+flags.DEFINE_float("imaml_lam_damping", 10.0, "added to lambda in the CG matrix, as the authors' code.")
+flags.DEFINE_integer("imaml_hf_cg_steps", 5, "CG steps per Newton iteration (hessian_free).")
 
 
 def config_from_flags() -> Config:

@@ -78,6 +78,16 @@ class Config:
     reptile_sgd: bool = False
     reptile_foml: bool = False
     reptile_foml_tail: int = 0  # 0: none.
+    # iMAML (--algorithm=imaml): the authors' defaults (`aravindr93/imaml_dev`); shared flags: --meta_lr (outer
+    # Adam step size), --meta_batch_size, --metatrain_iterations, --num_classes, --update_batch_size.
+    imaml_lam: float = 1.0
+    imaml_solver: str = "gd"  # 'gd' or 'hessian_free'.
+    imaml_n_steps: int = 16
+    imaml_inner_lr: float = 1e-2
+    imaml_cg_steps: int = 5
+    imaml_cg_damping: float = 1.0
+    imaml_lam_damping: float = 10.0
+    imaml_hf_cg_steps: int = 5
 
     # ----------------------------------------------------------------- checks
     def validate(self) -> "Config":
@@ -117,6 +127,14 @@ class Config:
     def _validate_other_algorithm(self) -> None:
         if self.pretrain_iterations or self.baseline:
             raise ConfigError(f"--pretrain_iterations and --baseline belong to MAML, not --algorithm={self.algorithm}.")
+        if self.algorithm == "imaml":
+            if self.imaml_solver not in ("gd", "hessian_free"):
+                raise ConfigError(f"--imaml_solver must be gd or hessian_free; got {self.imaml_solver!r}.")
+            if self.imaml_lam <= 0:
+                raise ConfigError(f"--imaml_lam must be positive; got {self.imaml_lam}.")
+            if self.imaml_n_steps < 0 or self.imaml_cg_steps < 0 or self.imaml_hf_cg_steps < 1:
+                raise ConfigError("--imaml_n_steps and --imaml_cg_steps must be non-negative, --imaml_hf_cg_steps "
+                                  "positive.")
         if self.algorithm == "reptile":
             for name in ("reptile_inner_batch", "reptile_inner_iters", "reptile_eval_batch"):
                 if getattr(self, name) < 1:
@@ -221,6 +239,10 @@ class Config:
             s += ("sgd" if self.reptile_sgd else "") + ("rep" if self.reptile_replacement else "")
             s += (f"wd{self.reptile_weight_decay:g}" if self.reptile_weight_decay != 1 else "")
             s += (f"foml{self.reptile_foml_tail}" if self.reptile_foml else "")
+        if self.algorithm == "imaml":
+            s += (f".{self.imaml_solver}.lam{self.imaml_lam:g}.n{self.imaml_n_steps}"
+                  + (f".lr{self.imaml_inner_lr:g}" if self.imaml_solver == "gd" else f".hfcg{self.imaml_hf_cg_steps}")
+                  + f".cg{self.imaml_cg_steps}.d{self.imaml_cg_damping:g}-{self.imaml_lam_damping:g}")
         return s
 
     def test_file_stem(self) -> str:

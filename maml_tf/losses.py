@@ -26,6 +26,11 @@ def scaled_xent(num_shots: int):
     return loss
 
 
+def mean_xent(logits, labels):
+    """Mean softmax cross-entropy over the examples (PyTorch's `CrossEntropyLoss`, as iMAML's authors use)."""
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
 def accuracy(logits, labels):
     """Fraction of examples whose logit argmax equals the one-hot label argmax."""
     hits = tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))

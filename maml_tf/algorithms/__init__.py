@@ -2,7 +2,8 @@
 
 from maml_tf.algorithms.maml import MAML, TaskBatch, tf1_adam
 from maml_tf.algorithms.reptile import Reptile
+from maml_tf.algorithms.imaml import IMAML
 
-ALGORITHMS = {"maml": MAML, "reptile": Reptile}
+ALGORITHMS = {"maml": MAML, "reptile": Reptile, "imaml": IMAML}
 
-__all__ = ["ALGORITHMS", "MAML", "Reptile", "TaskBatch", "tf1_adam"]
+__all__ = ["ALGORITHMS", "IMAML", "MAML", "Reptile", "TaskBatch", "tf1_adam"]

@@ -1,0 +1,282 @@
+"""iMAML: implicit meta-gradients.
+
+Rajeswaran, Finn, Kakade & Levine, "Meta-Learning with Implicit Gradients",
+NeurIPS 2019 (authors' code: `aravindr93/imaml_dev`, PyTorch).
+
+Per task, the inner problem is the regularised support loss
+
+    G(phi) = L_support(phi) + lam / 2 * ||phi - theta||^2,
+
+solved approximately from phi = theta by gradient descent (`n_steps` steps of
+size `inner_lr` on G) or by a Hessian-free Newton method (`n_steps` Newton
+iterations; each direction from `hf_cg_steps` of conjugate gradient on
+`(H + lam I) d = -grad G`, then a backtracking line search on G). Neither
+solver is differentiated through: no tape records the inner path, so memory
+does not grow with `n_steps`.
+
+At the solution, the implicit function theorem gives
+`d phi / d theta = (I + H / lam)^-1` with H the support loss's Hessian at
+phi, so the task's meta-gradient is `(I + H / lam)^-1 grad L_query(phi)`,
+computed with `cg_steps` of conjugate gradient using Hessian-vector products
+(double backward with `tf.GradientTape`). The matrix is damped as in the
+authors' code: `A v = (1 + cg_damping) v + H v / (lam + lam_damping)`, whose
+defaults (1 and 10) make it `2 v + H v / (lam + 10)`; `cg_damping =
+lam_damping = 0` gives the exact `(I + H / lam)`. With `cg_steps <= 1` the
+meta-gradient is the query gradient at phi (first-order), as theirs. The
+meta-gradients are averaged over the meta-batch and applied with Adam
+(epsilon 1e-3, as the authors').
+
+Every parameter is adapted in the inner problem (the authors regularise and
+differentiate all of them), unless `adapt` says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.functional import ParameterSplit, functional_call
+
+SOLVERS = ("gd", "hessian_free")
+
+
+def _dot(a: Sequence[tf.Tensor], b: Sequence[tf.Tensor]) -> tf.Tensor:
+    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)])
+
+
+def _axpy(alpha, x: Sequence[tf.Tensor], y: Sequence[tf.Tensor]) -> list:
+    """alpha * x + y, elementwise over lists."""
+    return [alpha * xi + yi for xi, yi in zip(x, y)]
+
+
+def conjugate_gradient(matvec: Callable, b: Sequence[tf.Tensor], steps: int, residual_tol: float = 1e-10,
+                       stop_on_negative_curvature: bool = False) -> list:
+    """Solves `A x = b` for symmetric positive-definite `A`, given as `matvec(list) -> list`.
+
+    The authors' `utils.cg_solve`: x0 = 0, at most `steps` iterations, stop
+    when the squared residual falls below `residual_tol`. With
+    `stop_on_negative_curvature` (Newton-CG), an iteration meeting
+    `p^T A p <= 0` stops the solve; if that happens at the first iteration
+    the result is `b` itself (the steepest-descent direction).
+    """
+    b = list(b)
+    x = [tf.zeros_like(t) for t in b]
+    r, p = list(b), list(b)
+    rdotr = _dot(r, r)
+
+    def cond(i, x, r, p, rdotr, done):
+        return tf.logical_and(i < steps, tf.logical_not(done))
+
+    def body(i, x, r, p, rdotr, done):
+        ap = matvec(p)
+        pap = _dot(p, ap)
+        negative = tf.logical_and(tf.constant(stop_on_negative_curvature), pap <= 0)
+        alpha = tf.where(negative, tf.zeros_like(pap), rdotr / tf.where(pap == 0, tf.ones_like(pap), pap))
+        x_new = _axpy(alpha, p, x)
+        if stop_on_negative_curvature:
+            x_new = [tf.where(tf.logical_and(negative, tf.equal(i, 0)), bi, xi) for bi, xi in zip(b, x_new)]
+        r_new = _axpy(-alpha, ap, r)
+        new_rdotr = _dot(r_new, r_new)
+        beta = new_rdotr / tf.where(rdotr == 0, tf.ones_like(rdotr), rdotr)
+        p_new = _axpy(beta, p, r_new)
+        return i + 1, x_new, r_new, p_new, new_rdotr, tf.logical_or(negative, new_rdotr < residual_tol)
+
+    _, x, _, _, _, _ = tf.while_loop(cond, body, (tf.constant(0), x, r, p, rdotr, rdotr < residual_tol))
+    return x
+
+
+class IMAML:
+    """iMAML on a Keras model.
+
+    Args:
+      model: a built Keras model (trainable variables = meta-parameters).
+      loss_fn: `loss_fn(outputs, labels) -> scalar` of a task (the authors:
+        mean cross-entropy).
+      lam: the proximal regularisation strength lambda.
+      solver: 'gd' or 'hessian_free'.
+      n_steps: gradient steps or Newton iterations of the inner solver.
+      inner_lr: the gradient-descent step size (solver 'gd').
+      cg_steps: conjugate-gradient steps for the meta-gradient (<= 1: first-order).
+      cg_damping, lam_damping: the authors' damping, see the module docstring.
+      hf_cg_steps: CG steps per Newton iteration (solver 'hessian_free').
+      hf_line_search_steps: halvings allowed in the backtracking line search.
+      adapt: which variables the inner problem adapts (default: all).
+      metric_fn: optional `metric_fn(outputs, labels) -> scalar`.
+      optimizer: outer optimiser (default: Adam(meta_lr, epsilon=1e-3), the authors').
+      meta_lr: outer step size of the default optimiser.
+      training: Keras training flag of every forward pass.
+    """
+
+    name = "imaml"
+    objective_step = 0  # `total_losses2` holds one entry: at the inner solution.
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, lam: float = 1.0, solver: str = "gd",
+                 n_steps: int = 16, inner_lr: float = 1e-2, cg_steps: int = 5, cg_damping: float = 1.0,
+                 lam_damping: float = 10.0, hf_cg_steps: int = 5, hf_line_search_steps: int = 10, adapt=None,
+                 metric_fn: Optional[Callable] = None, optimizer=None, meta_lr: float = 1e-3,
+                 training: bool = True):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}.")
+        if lam <= 0:
+            raise ValueError(f"lam must be positive; got {lam}.")
+        if n_steps < 0 or cg_steps < 0 or hf_cg_steps < 1 or hf_line_search_steps < 0:
+            raise ValueError("n_steps, cg_steps and hf_line_search_steps must be non-negative, hf_cg_steps positive.")
+        self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
+        self.lam, self.solver, self.n_steps, self.inner_lr = float(lam), solver, int(n_steps), float(inner_lr)
+        self.cg_steps, self.cg_damping, self.lam_damping = int(cg_steps), float(cg_damping), float(lam_damping)
+        self.hf_cg_steps, self.hf_line_search_steps = int(hf_cg_steps), int(hf_line_search_steps)
+        self.training = training
+        self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
+        self.optimizer = optimizer or keras.optimizers.Adam(meta_lr, beta_1=0.9, beta_2=0.999, epsilon=1e-3)
+        self.optimizer.build(model.trainable_variables)
+        self.train_step = tf.function(self._train_step)
+        self.evaluate = tf.function(self._evaluate)
+
+    @classmethod
+    def from_config(cls, config, model: keras.Model) -> "IMAML":
+        """The algorithm `main.py` runs for `--algorithm=imaml`."""
+        from maml_tf import losses
+
+        loss_fn, metric_fn = (losses.mean_xent, losses.accuracy) if config.classification else (losses.mse, None)
+        return cls(model, loss_fn, lam=config.imaml_lam, solver=config.imaml_solver, n_steps=config.imaml_n_steps,
+                   inner_lr=config.imaml_inner_lr, cg_steps=config.imaml_cg_steps,
+                   cg_damping=config.imaml_cg_damping, lam_damping=config.imaml_lam_damping,
+                   hf_cg_steps=config.imaml_hf_cg_steps, metric_fn=metric_fn, meta_lr=config.meta_lr)
+
+    def checkpoint_objects(self) -> Dict[str, object]:
+        return {"model": self.model, "optimizer": self.optimizer}
+
+    # --------------------------------------------------------------- pieces
+    def weights(self) -> list:
+        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+
+    def forward(self, weights: Sequence, x):
+        return functional_call(self.model, weights, x, training=self.training)
+
+    def loss_and_grad(self, weights: Sequence, x, y):
+        """Loss at `weights` and its gradient with respect to the adapted entries."""
+        adapted = self.split.adapted(weights)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(adapted)
+            loss = self.loss_fn(self.forward(weights, x), y)
+        return loss, tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def hvp(self, weights: Sequence, x, y, vector: Sequence[tf.Tensor]) -> list:
+        """Hessian of the loss of `(x, y)` at `weights` (adapted entries) times `vector` (double backward)."""
+        adapted = self.split.adapted(weights)
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(adapted)
+            _, grads = self.loss_and_grad(self.split.replace(weights, adapted), x, y)
+            gv = _dot(grads, vector)
+        return outer.gradient(gv, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def regularized(self, theta_a: Sequence, weights: Sequence, x, y):
+        """`G` and its gradient: support loss + lam/2 ||phi - theta||^2 over the adapted entries."""
+        loss, grads = self.loss_and_grad(weights, x, y)
+        delta = [p - t for p, t in zip(self.split.adapted(weights), theta_a)]
+        value = loss + 0.5 * self.lam * _dot(delta, delta)
+        return value, loss, [g + self.lam * d for g, d in zip(grads, delta)]
+
+    def inner_solve(self, theta: Sequence, x, y, n_steps: Optional[int] = None) -> list:
+        """Approximate minimiser of the regularised support loss from `theta`, outside any tape.
+
+        `n_steps` overrides the solver's step count.
+        """
+        n_steps = self.n_steps if n_steps is None else int(n_steps)
+        theta = [tf.stop_gradient(t) for t in theta]
+        theta_a = self.split.adapted(theta)
+        if self.solver == "gd":
+            def body(i, weights):
+                _, _, grad = self.regularized(theta_a, weights, x, y)
+                new = [w - self.inner_lr * g for w, g in zip(self.split.adapted(weights), grad)]
+                return i + 1, self.split.replace(weights, new)
+        else:
+            def body(i, weights):
+                value, _, grad = self.regularized(theta_a, weights, x, y)
+                # Newton-CG: (H + lam I) d = -grad G, truncated at negative curvature.
+                direction = conjugate_gradient(
+                    lambda v: _axpy(self.lam, v, self.hvp(weights, x, y, v)), [-g for g in grad],
+                    self.hf_cg_steps, stop_on_negative_curvature=True)
+                slope = _dot(grad, direction)
+                direction = tf.cond(slope < 0, lambda: direction, lambda: [-g for g in grad])  # Must descend.
+                slope = tf.minimum(slope, -_dot(grad, grad))
+                adapted = self.split.adapted(weights)
+
+                def trial(t):
+                    moved = self.split.replace(weights, _axpy(t, direction, adapted))
+                    return self.regularized(theta_a, moved, x, y)[0]
+
+                # Backtracking (Armijo, c = 1e-4) on G from the full Newton step.
+                def ls_cond(k, t):
+                    return tf.logical_and(k < self.hf_line_search_steps, trial(t) > value + 1e-4 * t * slope)
+
+                _, t = tf.while_loop(ls_cond, lambda k, t: (k + 1, 0.5 * t),
+                                     (tf.constant(0), tf.constant(1.0, value.dtype)))
+                return i + 1, self.split.replace(weights, _axpy(t, direction, adapted))
+
+        _, phi = tf.while_loop(lambda i, _: i < n_steps, body, (tf.constant(0), list(theta)))
+        return [tf.stop_gradient(p) for p in phi]
+
+    def implicit_gradient(self, phi: Sequence, support_x, support_y, query_grad: Sequence[tf.Tensor]) -> list:
+        """`A^-1 query_grad` by conjugate gradient, with the authors' damped `A` (see the module docstring)."""
+        if self.cg_steps <= 1:
+            return list(query_grad)
+        scale = 1.0 / (self.lam + self.lam_damping)
+        return conjugate_gradient(
+            lambda v: _axpy(scale, self.hvp(phi, support_x, support_y, v), [(1.0 + self.cg_damping) * t for t in v]),
+            query_grad, self.cg_steps)
+
+    def _task(self, theta, sx, sy, qx, qy, with_gradient: bool):
+        phi = self.inner_solve(theta, sx, sy)
+        before, after = self.forward(theta, qx), self.forward(phi, qx)
+        out = {"loss1": self.loss_fn(before, qy), "loss2": self.loss_fn(after, qy)}
+        if with_gradient:
+            _, qgrad = self.loss_and_grad(phi, qx, qy)
+            out["grads"] = self.split.replace([tf.zeros_like(t) for t in theta],
+                                              self.implicit_gradient(phi, sx, sy, qgrad))
+        if self.metric_fn is not None:
+            out["metric1"], out["metric2"] = self.metric_fn(before, qy), self.metric_fn(after, qy)
+        return out
+
+    def _batch(self, batch: TaskBatch, with_gradient: bool):
+        batch = TaskBatch(*batch)
+        theta = self.weights()
+        dtype = batch.support_x.dtype
+        spec = {"loss1": tf.TensorSpec(None, dtype), "loss2": tf.TensorSpec(None, dtype)}
+        if self.metric_fn is not None:
+            spec.update(metric1=tf.TensorSpec(None, dtype), metric2=tf.TensorSpec(None, dtype))
+        if with_gradient:
+            spec["grads"] = [tf.TensorSpec(t.shape, t.dtype) for t in theta]
+        per_task = tf.map_fn(lambda t: self._task(theta, *t, with_gradient=with_gradient), tuple(batch),
+                             fn_output_signature=spec)
+        results = {"total_loss1": tf.reduce_mean(per_task["loss1"]),
+                   "total_losses2": tf.reduce_mean(per_task["loss2"])[None]}
+        if self.metric_fn is not None:
+            results["total_accuracy1"] = tf.reduce_mean(per_task["metric1"])
+            results["total_accuracies2"] = tf.reduce_mean(per_task["metric2"])[None]
+        return results, per_task.get("grads")
+
+    def meta_gradients(self, batch: TaskBatch):
+        """`(gradients, results)`: the mean implicit meta-gradient over the tasks of `batch`."""
+        results, grads = self._batch(batch, with_gradient=True)
+        return [tf.reduce_mean(g, 0) for g in grads], results
+
+    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """One outer Adam step on the mean implicit meta-gradient. `num_steps` is ignored."""
+        del num_steps
+        grads, results = self.meta_gradients(batch)
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return results
+
+    def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
+        """The inner solution (fast weights) for one support set; `steps` overrides `n_steps`."""
+        weights = self.weights() if weights is None else list(weights)
+        return self.inner_solve(weights, support_x, support_y, steps)
+
+    def _evaluate(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """Query loss (and metric) before and after the inner solve, averaged over tasks."""
+        del num_steps
+        return self._batch(batch, with_gradient=False)[0]
