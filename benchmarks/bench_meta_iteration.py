@@ -1,14 +1,21 @@
-"""Seconds per meta-iteration and peak memory of `main.py`'s train step.
+"""Seconds per meta-iteration and peak memory of `main.py`'s train step, for one configuration.
 
 Runs the same `train.build_algorithm` step as `main.py` on task batches of the
-right shapes (sinusoid tasks from the real sampler; random images for
-Omniglot/MiniImagenet, so no data set is needed), and reports the median over
-`--iterations` steps after `--warmup` steps, and the peak resident memory.
+right shapes: sinusoid tasks from the real sampler; for images either random
+pixels (`--data=synthetic`, no data set needed) or the real task pipeline
+(`--data=real`, needs the prepared data). Reports the median, min and max over
+`--iterations` steps after `--warmup` steps, the peak resident memory of the
+process (TensorFlow included) and, on a GPU, the peak device memory.
 
-    python benchmarks/bench_meta_iteration.py --preset=sinusoid --iterations=300
     python benchmarks/bench_meta_iteration.py --preset=omniglot5 --iterations=30
+    python benchmarks/bench_meta_iteration.py --preset=omniglot5 --set=algorithm=reptile,meta_batch_size=5
+    python benchmarks/run_suite.py   # every case of the README table
+
+`--set` overrides any `Config` field (`main.py` flag), e.g.
+`--set=algorithm=imaml,imaml_n_steps=16,imaml_lam=2`.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -33,41 +40,77 @@ PRESETS = {  # The original README's settings.
 }
 
 flags.DEFINE_enum("preset", "sinusoid", list(PRESETS), "configuration to time.")
+flags.DEFINE_list("set", [], "Config overrides, key=value (e.g. algorithm=reptile,meta_batch_size=5).")
 flags.DEFINE_integer("iterations", 200, "timed iterations.")
 flags.DEFINE_integer("warmup", 10, "untimed iterations first (tracing).")
-flags.DEFINE_bool("stop_grad", False, "first-order MAML.")
+flags.DEFINE_bool("stop_grad", False, "first-order MAML (same as --set=stop_grad=True).")
+flags.DEFINE_enum("data", "synthetic", ["synthetic", "real"], "image batches: random pixels or the real pipeline.")
 FLAGS = flags.FLAGS
 
 
-def main(_):
-    from maml_tf import networks, train
+def parse_overrides(pairs):
+    """`['key=value', ...]` -> typed `Config` fields."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in fields:
+            raise app.UsageError(f"--set: {key!r} is not a Config field (a main.py flag).")
+        default = fields[key].default
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def synthetic_batches(config):
+    """The same random task batch forever: pixels in [0, 1], one-hot labels in the shot-major layout."""
+    from maml_tf import networks
     from maml_tf.algorithms import TaskBatch
+
+    rng = np.random.default_rng(0)
+    shape = networks.input_shape(config)
+    n, ns, nq = config.num_classes, config.support_per_class("train"), config.num_query_per_class
+    labels = lambda k: np.tile(np.eye(n, dtype=np.float32), (config.meta_batch_size, k, 1))
+    batch = TaskBatch(rng.random((config.meta_batch_size, n * ns, *shape), np.float32), labels(ns),
+                      rng.random((config.meta_batch_size, n * nq, *shape), np.float32), labels(nq))
+    return iter(lambda: batch, None)
+
+
+def main(_):
+    import tensorflow as tf
+    from maml_tf import train
     from maml_tf.data import make_tasks
 
-    config = Config(**PRESETS[FLAGS.preset], stop_grad=FLAGS.stop_grad).validate()
+    overrides = {**PRESETS[FLAGS.preset], "stop_grad": FLAGS.stop_grad, **parse_overrides(FLAGS.set)}
+    config = Config(**overrides).validate()
     algo = train.build_algorithm(config)
-    if config.datasource == "sinusoid":
+    if config.datasource == "sinusoid" or FLAGS.data == "real":
         tasks = make_tasks(config, "train", 0).batches(config.meta_batch_size)
     else:
-        rng = np.random.default_rng(0)
-        shape = networks.input_shape(config)
-        n, ns, nq = config.num_classes, config.update_batch_size, config.num_query_per_class
-        labels = lambda k: np.tile(np.eye(n, dtype=np.float32), (config.meta_batch_size, k, 1))
-        batch = TaskBatch(rng.random((config.meta_batch_size, n * ns, *shape), np.float32), labels(ns),
-                          rng.random((config.meta_batch_size, n * nq, *shape), np.float32), labels(nq))
-        tasks = iter(lambda: batch, None)
+        tasks = synthetic_batches(config)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
     times = []
     for i in range(FLAGS.warmup + FLAGS.iterations):
         batch = next(tasks)
         start = time.perf_counter()
         results = algo.train_step(batch)
-        float(results["total_losses2"][config.num_updates - 1])  # Waits for the step.
+        float(results["total_losses2"][algo.objective_step])  # Waits for the step.
         if i >= FLAGS.warmup:
             times.append(time.perf_counter() - start)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(json.dumps({"preset": FLAGS.preset, "stop_grad": FLAGS.stop_grad, "iterations": FLAGS.iterations,
-                      "median_s": round(float(np.median(times)), 5), "p90_s": round(float(np.percentile(times, 90)), 5),
-                      "peak_rss_gb": round(peak_gb, 2), "cpus": os.cpu_count()}))
+    report = {"preset": FLAGS.preset, "set": overrides, "data": FLAGS.data, "iterations": FLAGS.iterations,
+              "median_s": round(float(np.median(times)), 5), "min_s": round(float(np.min(times)), 5),
+              "max_s": round(float(np.max(times)), 5),
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+              "device": "GPU" if gpu else "CPU", "cpus": os.cpu_count(), "tensorflow": tf.__version__}
+    if gpu:
+        report["peak_gpu_gb"] = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1024 ** 3, 3)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Runs every benchmark case in its own process and writes JSON and a Markdown table.
+
+    python benchmarks/run_suite.py                      # the speed table (issue 8 cases, every algorithm)
+    python benchmarks/run_suite.py --suite=imaml_memory # iMAML vs MAML vs first-order MAML, 5-50 inner steps
+    python benchmarks/run_suite.py --only=omniglot5_maml,omniglot5_fomaml --iterations=10
+
+Each case runs `bench_meta_iteration.py` in a fresh Python process, so the
+peak resident memory is that case's alone. Results go to
+`benchmarks/results/<suite>-<device>.{json,md}`; the Markdown table is the one
+the README shows. The original code's figures (2 CPU cores, TF 2.21, oneDNN)
+are given for the cases that exist there.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name: (preset, overrides, original (s, GB) or None)
+SPEED = {
+    "sinusoid_maml": ("sinusoid", [], (0.0039, 0.59)),
+    "omniglot5_maml": ("omniglot5", [], (0.214, 1.1)),
+    "omniglot5_fomaml": ("omniglot5", ["stop_grad=True"], (0.087, 1.0)),
+    "omniglot20_maml": ("omniglot20", [], (0.79, 2.0)),
+    "miniimagenet_maml": ("miniimagenet", [], (1.26, 3.3)),
+    # The authors' Omniglot 5-way 1-shot settings of each algorithm.
+    "omniglot5_reptile": ("omniglot5", ["algorithm=reptile", "meta_batch_size=5", "reptile_train_shots=10",
+                                        "reptile_inner_batch=10", "reptile_inner_iters=5"], None),
+    "omniglot5_imaml_gd": ("omniglot5", ["algorithm=imaml", "imaml_lam=2", "imaml_n_steps=16",
+                                         "imaml_inner_lr=0.1"], None),
+    "omniglot5_imaml_hf": ("omniglot5", ["algorithm=imaml", "imaml_solver=hessian_free", "imaml_lam=2",
+                                         "imaml_n_steps=4"], None),
+}
+
+# iMAML paper, Figure 2: Omniglot 20-way 5-shot, one task per meta-batch, growing inner steps.
+IMAML_MEMORY = {}
+for _steps in (5, 10, 20, 50):
+    _shape = ["num_classes=20", "update_batch_size=5", "meta_batch_size=1", "update_lr=0.1"]
+    IMAML_MEMORY[f"maml_{_steps}"] = ("omniglot5", _shape + [f"num_updates={_steps}"], None)
+    IMAML_MEMORY[f"fomaml_{_steps}"] = ("omniglot5", _shape + [f"num_updates={_steps}", "stop_grad=True"], None)
+    IMAML_MEMORY[f"imaml_{_steps}"] = ("omniglot5", _shape + ["algorithm=imaml", f"imaml_n_steps={_steps}",
+                                                              "imaml_lam=2", "imaml_inner_lr=0.1"], None)
+
+SUITES = {"speed": SPEED, "imaml_memory": IMAML_MEMORY}
+
+flags.DEFINE_enum("suite", "speed", list(SUITES), "which table.")
+flags.DEFINE_list("only", [], "run only these cases.")
+flags.DEFINE_integer("iterations", 30, "timed iterations per case (median reported).")
+flags.DEFINE_integer("warmup", 3, "untimed iterations per case.")
+flags.DEFINE_string("out", os.path.join(HERE, "results"), "output folder.")
+FLAGS = flags.FLAGS
+
+
+def run_case(preset, overrides):
+    cmd = [sys.executable, os.path.join(HERE, "bench_meta_iteration.py"), f"--preset={preset}",
+           f"--iterations={FLAGS.iterations}", f"--warmup={FLAGS.warmup}"]
+    if overrides:
+        cmd.append("--set=" + ",".join(overrides))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}, cmd
+    return json.loads(proc.stdout.strip().splitlines()[-1]), cmd
+
+
+def main(_):
+    cases = SUITES[FLAGS.suite]
+    names = FLAGS.only or list(cases)
+    results = []
+    for name in names:
+        preset, overrides, original = cases[name]
+        start = time.time()
+        report, cmd = run_case(preset, overrides)
+        report.update(case=name, command=" ".join(["python", "benchmarks/bench_meta_iteration.py"] + cmd[2:]))
+        if original:
+            report["original_s"], report["original_gb"] = original
+        results.append(report)
+        print(f"{name}: {report.get('median_s', report.get('error'))} s, {report.get('peak_rss_gb')} GB "
+              f"({time.time() - start:.0f} s)", flush=True)
+    device = results[0].get("device", "CPU") if results else "CPU"
+    os.makedirs(FLAGS.out, exist_ok=True)
+    stem = os.path.join(FLAGS.out, f"{FLAGS.suite}-{device.lower()}")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}"
+    with open(stem + ".json", "w") as f:
+        json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "results": results}, f, indent=1)
+    lines = [f"Machine: {machine}; {time.strftime('%Y-%m-%d')}; median of {FLAGS.iterations} iterations after "
+             f"{FLAGS.warmup} warm-up.", "",
+             "| case | s / iteration (median) | min | max | peak RSS GB | original s | original GB | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error: {r['error']} | | | | | | |")
+            continue
+        orig = (r.get("original_s"), r.get("original_gb"))
+        ratio = f"{orig[0] / r['median_s']:.2f}x" if orig[0] else ""
+        lines.append(f"| {r['case']} | {r['median_s']:.4g} | {r['min_s']:.4g} | {r['max_s']:.4g} | "
+                     f"{r['peak_rss_gb']:.2f} | {orig[0] or ''} | {orig[1] or ''} | {ratio} |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"Wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    app.run(main)
