@@ -1,8 +1,35 @@
 """maml_tf: gradient-based meta-learning (MAML and its family) in TensorFlow 2 / Keras 3.
 
-Modules: `config` (run options), `networks` (the original MAML networks),
-`functional` (running a Keras model with other weights), `losses`,
-`algorithms` (registry: MAML, first-order MAML), `data` (task sources),
-`train` (the main.py training and test programs), `tf1_checkpoint`
-(original TF1 checkpoints), `plotting`.
+Public API (imported lazily, so that `maml_tf.data.prepare` runs without TensorFlow):
+
+- `MetaModel(model, algorithm, loss, metrics, **options)`: a `keras.Model`
+  whose `compile`/`fit`/`evaluate`/`save` meta-train any built Keras model;
+  `adapt`, `adapted_model`, `evaluate_tasks`.
+- `meta_learner(model, algorithm, loss=..., metrics=..., **options)`: the
+  algorithm object itself (`train_step`, `evaluate`, `adapt`, `meta_gradients`).
+- `MAML`, `Reptile`, `IMAML`, `TaskBatch`: the algorithms and the task-batch type.
+- `classification_tasks`, `regression_tasks`: task datasets from your own data.
+- `functional_call`: run a Keras model with other weights.
+
+Modules: `config` (run options), `networks` (the original MAML networks and
+the exact-gradient `BatchNormTF1`/`LayerNormTF1`), `functional`, `losses`,
+`algorithms`, `api`, `data` (task sources), `train` (the main.py programs),
+`tf1_checkpoint` (original TF1 checkpoints), `plotting`.
 """
+
+_EXPORTS = {
+    "MetaModel": "maml_tf.api", "meta_learner": "maml_tf.api", "FastModel": "maml_tf.api",
+    "MAML": "maml_tf.algorithms", "Reptile": "maml_tf.algorithms", "IMAML": "maml_tf.algorithms",
+    "TaskBatch": "maml_tf.algorithms", "classification_tasks": "maml_tf.data.tasks",
+    "regression_tasks": "maml_tf.data.tasks", "functional_call": "maml_tf.functional",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'maml_tf' has no attribute {name!r}")

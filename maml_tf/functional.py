@@ -10,6 +10,7 @@ inner update touches only the weight dictionary).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, List, Optional, Sequence
 
 import keras
@@ -52,9 +53,38 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
     """
     check_weights(model, weights)
     if non_trainable is None:
-        non_trainable = [v.value for v in model.non_trainable_variables]
-    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, training=training)
+        non_trainable = current_non_trainable(model, fresh_seeds=training)
+    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, **training_kwargs(model, training))
     return outputs
+
+
+def training_kwargs(model: keras.Model, training: bool) -> dict:
+    """`{'training': training}` if `model.call` takes it (a subclassed model may not, and `stateless_call`
+    passes its keyword arguments on unchecked)."""
+    params = inspect.signature(model.call).parameters
+    takes = "training" in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {"training": training} if takes else {}
+
+
+def is_seed_state(v) -> bool:
+    """Whether `v` is the state of a Keras seed generator (dropout and other random layers)."""
+    return v.path.endswith("seed_generator_state")
+
+
+def current_non_trainable(model: keras.Model, fresh_seeds: bool = True) -> list:
+    """Values of `model.non_trainable_variables` for a stateless call.
+
+    With `fresh_seeds`, the states of Keras seed generators (dropout and other
+    random layers) are replaced by fresh random seeds: a stateless call never
+    advances them, so without this every call would reuse one dropout mask.
+    """
+    values = []
+    for v in model.non_trainable_variables:
+        if fresh_seeds and is_seed_state(v):
+            values.append(tf.random.uniform(v.shape, minval=0, maxval=2 ** 62, dtype=tf.int64))
+        else:
+            values.append(v.value)
+    return values
 
 
 def _is_normalization_variable(model: keras.Model) -> Callable:
@@ -77,6 +107,8 @@ class ParameterSplit:
 
     def __init__(self, model: keras.Model, adapt=None):
         variables = model.trainable_variables
+        if not model.built:
+            raise ValueError(f"Model {model.name!r} is not built: call it once on a batch or give keras.Input shapes.")
         if not variables:
             raise ValueError(f"Model {model.name!r} has no trainable variables: build it (call it once or give "
                              "keras.Input shapes) and make sure some layers are trainable.")

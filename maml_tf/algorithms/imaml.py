@@ -37,7 +37,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.algorithms.maml import TaskBatch, cast_floats, check_model, check_scalar
 from maml_tf.functional import ParameterSplit, functional_call
 
 SOLVERS = ("gd", "hessian_free")
@@ -129,7 +129,9 @@ class IMAML:
         self.cg_steps, self.cg_damping, self.lam_damping = int(cg_steps), float(cg_damping), float(lam_damping)
         self.hf_cg_steps, self.hf_line_search_steps = int(hf_cg_steps), int(hf_line_search_steps)
         self.training = training
+        check_model(model, second_order=cg_steps > 1)
         self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
+        self.dtype = model.trainable_variables[0].dtype
         self.optimizer = optimizer or keras.optimizers.Adam(meta_lr, beta_1=0.9, beta_2=0.999, epsilon=1e-3)
         self.optimizer.build(model.trainable_variables)
         self.train_step = tf.function(self._train_step)
@@ -154,14 +156,14 @@ class IMAML:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
     def forward(self, weights: Sequence, x):
-        return functional_call(self.model, weights, x, training=self.training)
+        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
 
     def loss_and_grad(self, weights: Sequence, x, y):
         """Loss at `weights` and its gradient with respect to the adapted entries."""
         adapted = self.split.adapted(weights)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
-            loss = self.loss_fn(self.forward(weights, x), y)
+            loss = check_scalar(self.loss_fn(self.forward(weights, x), y), "loss_fn")
         return loss, tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def hvp(self, weights: Sequence, x, y, vector: Sequence[tf.Tensor]) -> list:
@@ -214,7 +216,7 @@ class IMAML:
                     return tf.logical_and(k < self.hf_line_search_steps, trial(t) > value + 1e-4 * t * slope)
 
                 _, t = tf.while_loop(ls_cond, lambda k, t: (k + 1, 0.5 * t),
-                                     (tf.constant(0), tf.constant(1.0, value.dtype)))
+                                     (tf.constant(0), tf.constant(1.0, self.dtype)))
                 return i + 1, self.split.replace(weights, _axpy(t, direction, adapted))
 
         _, phi = tf.while_loop(lambda i, _: i < n_steps, body, (tf.constant(0), list(theta)))
@@ -244,7 +246,7 @@ class IMAML:
     def _batch(self, batch: TaskBatch, with_gradient: bool):
         batch = TaskBatch(*batch)
         theta = self.weights()
-        dtype = batch.support_x.dtype
+        dtype = self.dtype
         spec = {"loss1": tf.TensorSpec(None, dtype), "loss2": tf.TensorSpec(None, dtype)}
         if self.metric_fn is not None:
             spec.update(metric1=tf.TensorSpec(None, dtype), metric2=tf.TensorSpec(None, dtype))
@@ -252,11 +254,11 @@ class IMAML:
             spec["grads"] = [tf.TensorSpec(t.shape, t.dtype) for t in theta]
         per_task = tf.map_fn(lambda t: self._task(theta, *t, with_gradient=with_gradient), tuple(batch),
                              fn_output_signature=spec)
-        results = {"total_loss1": tf.reduce_mean(per_task["loss1"]),
-                   "total_losses2": tf.reduce_mean(per_task["loss2"])[None]}
+        results = {"total_loss1": tf.reduce_mean(per_task["loss1"], 0),
+                   "total_losses2": tf.reduce_mean(per_task["loss2"], 0)[None]}
         if self.metric_fn is not None:
-            results["total_accuracy1"] = tf.reduce_mean(per_task["metric1"])
-            results["total_accuracies2"] = tf.reduce_mean(per_task["metric2"])[None]
+            results["total_accuracy1"] = tf.reduce_mean(per_task["metric1"], 0)
+            results["total_accuracies2"] = tf.reduce_mean(per_task["metric2"], 0)[None]
         return results, per_task.get("grads")
 
     def meta_gradients(self, batch: TaskBatch):

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
+import warnings
+
 import keras
 import tensorflow as tf
 
-from maml_tf.functional import ParameterSplit, functional_call
+from maml_tf.functional import (ParameterSplit, current_non_trainable, functional_call, is_seed_state,
+                                training_kwargs)
 
 
 class TaskBatch(NamedTuple):
@@ -65,6 +68,13 @@ class MAML:
         separate TF1-style Adam, as the original).
       meta_lr: Adam step size when the optimisers are defaults.
       training: Keras training flag for every forward pass.
+      update_moving_statistics: after each meta-update, refresh the model's
+        non-trainable state (e.g. Keras `BatchNormalization` moving averages)
+        with one pass over the meta-batch's support sets at the new weights,
+        so that `training=False` inference can use it. Default: off, as the
+        original (batch statistics everywhere).
+      return_outputs: keep the per-task model outputs in the results (the
+        CLI and parity tests read them; they must be single tensors).
     """
 
     name = "maml"
@@ -72,9 +82,11 @@ class MAML:
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
                  first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
                  clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
-                 meta_lr: float = 1e-3, training: bool = True):
+                 meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
+                 return_outputs: bool = True):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
+        check_model(model, second_order=not first_order)
         self.model = model
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
@@ -83,7 +95,10 @@ class MAML:
         self.first_order = bool(first_order)
         self.clip_value = clip_value
         self.training = training
+        self.update_moving_statistics = update_moving_statistics
+        self.return_outputs = return_outputs
         self.split = ParameterSplit(model, adapt)
+        self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
         self.optimizer = optimizer or tf1_adam(meta_lr)
         self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
         for opt in (self.optimizer, self.pretrain_optimizer):
@@ -116,7 +131,12 @@ class MAML:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
     def forward(self, weights: Sequence, x):
-        return functional_call(self.model, weights, x, training=self.training)
+        """Model outputs with `weights`; low-precision outputs (mixed precision) are cast to the variables' dtype."""
+        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
+
+    def task_loss(self, outputs, labels):
+        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
+        return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
 
     def inner_step(self, weights: Sequence, x, y):
         """One inner SGD step on the loss of `(x, y)`.
@@ -129,7 +149,7 @@ class MAML:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
             outputs = self.forward(weights, x)
-            loss = self.loss_fn(outputs, y)
+            loss = self.task_loss(outputs, y)
         grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if self.first_order:
             grads = [tf.stop_gradient(g) for g in grads]
@@ -159,7 +179,7 @@ class MAML:
                 support_outputs, support_loss = outputs, loss
             out_q = self.forward(weights, query_x)
             query_outputs.append(out_q)
-            query_losses.append(self.loss_fn(out_q, query_y))
+            query_losses.append(self.task_loss(out_q, query_y))
         result = {"support_outputs": support_outputs, "support_loss": support_loss,
                   "query_outputs": tf.stack(query_outputs), "query_losses": tf.stack(query_losses)}
         if self.metric_fn is not None:
@@ -170,13 +190,16 @@ class MAML:
     def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: int) -> Dict[str, tf.Tensor]:
         """`task_forward` mapped over the tasks of a meta-batch (as `tf.map_fn` in the original)."""
         batch = TaskBatch(*batch)
-        dtype = batch.support_x.dtype
-        spec = {"support_outputs": tf.TensorSpec(None, dtype), "support_loss": tf.TensorSpec(None, dtype),
-                "query_outputs": tf.TensorSpec(None, dtype), "query_losses": tf.TensorSpec(None, dtype)}
-        if self.metric_fn is not None:
-            spec.update(support_metric=tf.TensorSpec(None, dtype), query_metrics=tf.TensorSpec(None, dtype))
-        per_task = tf.map_fn(lambda task: self.task_forward(weights, *task, num_steps=num_steps), tuple(batch),
-                             fn_output_signature=spec, parallel_iterations=32)
+        keys = ["support_loss", "query_losses"]
+        keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
+        keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
+        spec = {k: tf.TensorSpec(None, self.dtype) for k in keys}
+
+        def task(data):
+            out = self.task_forward(weights, *data, num_steps=num_steps)
+            return {k: out[k] for k in keys}
+
+        per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
         # Totals as the original: sums over tasks divided by the meta-batch size.
         per_task["total_loss1"] = tf.reduce_mean(per_task["support_loss"], 0)
         per_task["total_losses2"] = tf.reduce_mean(per_task["query_losses"], 0)
@@ -221,6 +244,8 @@ class MAML:
         """
         grads, results = self.meta_gradients(batch, num_steps=num_steps)
         self.optimizer.apply(self.clip(grads), self.model.trainable_variables)
+        if self.update_moving_statistics:
+            refresh_statistics(self.model, TaskBatch(*batch).support_x, self.training)
         return results
 
     def _pretrain_step(self, batch: TaskBatch):
@@ -229,8 +254,8 @@ class MAML:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             weights = self.weights()
             tape.watch(weights)
-            losses = tf.map_fn(lambda t: self.loss_fn(self.forward(weights, t[0]), t[1]),
-                               (batch.support_x, batch.support_y), fn_output_signature=batch.support_x.dtype)
+            losses = tf.map_fn(lambda t: self.task_loss(self.forward(weights, t[0]), t[1]),
+                               (batch.support_x, batch.support_y), fn_output_signature=self.dtype)
             loss = tf.reduce_mean(losses)
         grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # The original's pretrain_op is a plain Adam minimize: no clipping.
@@ -240,3 +265,44 @@ class MAML:
     def _evaluate(self, batch: TaskBatch, num_steps: int):
         """Pre-update and per-step post-update results, without any update."""
         return self.batch_forward(self.weights(), batch, num_steps)
+
+
+# ------------------------------------------------------------------ helpers
+def cast_floats(structure, dtype):
+    def cast(t):
+        return tf.cast(t, dtype) if t.dtype.is_floating and t.dtype != dtype else t
+    return tf.nest.map_structure(cast, structure)
+
+
+def check_scalar(value, what: str):
+    """Raises `ValueError` at trace time unless `value` is a scalar."""
+    if value.shape.rank not in (0, None):
+        raise ValueError(f"{what} must return one scalar per task; it returned shape {tuple(value.shape)}. "
+                         "Reduce over the examples (e.g. tf.reduce_mean).")
+    return value
+
+
+def check_model(model: keras.Model, second_order: bool) -> None:
+    """Raises for models that cannot be meta-trained; warns where second derivatives are approximate."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model; got {type(model).__name__}.")
+    if second_order:
+        inexact = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)
+                   if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))}
+        if inexact:
+            warnings.warn(
+                f"Model {model.name!r} has Keras {', '.join(sorted(inexact))} layers: Keras computes their moments "
+                "with a stop-gradient on the mean, so second-order meta-gradients through them are approximate. "
+                "Use maml_tf.networks.BatchNormTF1 / LayerNormTF1 (exact) or first_order=True.", stacklevel=3)
+
+
+def refresh_statistics(model: keras.Model, support_x, training: bool = True) -> None:
+    """One stateless training-mode pass over all support examples of a meta-batch; stores the new
+    non-trainable state (moving averages), keeping seed-generator states."""
+    flat = tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)), support_x)
+    weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    _, updated = model.stateless_call(weights, current_non_trainable(model), flat,
+                                      **training_kwargs(model, training))
+    for var, value in zip(model.non_trainable_variables, updated):
+        if not is_seed_state(var):
+            var.assign(value)

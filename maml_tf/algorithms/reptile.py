@@ -44,7 +44,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.algorithms.maml import TaskBatch, cast_floats, check_model, check_scalar
 from maml_tf.functional import ParameterSplit, functional_call
 
 
@@ -120,7 +120,9 @@ class Reptile:
         self.weight_decay = float(weight_decay)
         self.transductive, self.foml, self.foml_tail = bool(transductive), bool(foml), foml_tail
         self.training = training
+        check_model(model, second_order=False)
         self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
+        self.dtype = model.trainable_variables[0].dtype
         self.inner_state = InnerOptimizerState(self.split.adapted(model.trainable_variables))
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iterations")
         self.rng = tf.random.Generator.from_seed(seed)
@@ -152,7 +154,7 @@ class Reptile:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
     def forward(self, weights: Sequence, x):
-        return functional_call(self.model, weights, x, training=self.training)
+        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
 
     def meta_step_size(self, iteration) -> tf.Tensor:
         """Epsilon at 0-based meta-iteration `iteration`: linear from `meta_step` to `meta_step_final`."""
@@ -188,7 +190,7 @@ class Reptile:
             adapted = [w * self.weight_decay for w in adapted]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
-            loss = self.loss_fn(self.forward(self.split.replace(weights, adapted), x), y)
+            loss = check_scalar(self.loss_fn(self.forward(self.split.replace(weights, adapted), x), y), "loss_fn")
         grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if self.sgd:
             return self.split.replace(weights, [w - self.inner_lr * g for w, g in zip(adapted, grads)]), state, loss
@@ -211,10 +213,10 @@ class Reptile:
 
         def body(i, weights, state, first_loss):
             batch = indices[i]
-            weights, state, loss = self.inner_step(weights, state, tf.gather(x, batch), tf.gather(y, batch))
+            weights, state, loss = self.inner_step(weights, state, _gather(x, batch), tf.gather(y, batch))
             return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
 
-        first = tf.constant(float("nan"), x.dtype)
+        first = tf.constant(float("nan"), self.dtype)
         _, weights, state, first_loss = tf.while_loop(lambda i, *_: i < num, body,
                                                       (tf.constant(0), list(weights), state, first))
         return weights, state, first_loss
@@ -226,19 +228,19 @@ class Reptile:
         """
         if self.transductive if transductive is None else transductive:
             return self.forward(weights, query_x)
-        num_query = tf.shape(query_x)[0]
-        support = tf.repeat(support_x[None], num_query, axis=0)
-        groups = tf.concat([support, query_x[:, None]], axis=1)  # [Q, S + 1, ...]
+        num_query = tf.shape(tf.nest.flatten(query_x)[0])[0]
+        groups = tf.nest.map_structure(  # [Q, S + 1, ...]: the support set, then one query example.
+            lambda s, q: tf.concat([tf.repeat(s[None], num_query, axis=0), q[:, None]], axis=1), support_x, query_x)
         return tf.map_fn(lambda g: self.forward(weights, g)[-1], groups,
-                         fn_output_signature=tf.TensorSpec(None, query_x.dtype))
+                         fn_output_signature=tf.TensorSpec(None, self.dtype))
 
     def _report(self, results: Dict[str, list]) -> Dict[str, tf.Tensor]:
         """Means over tasks in the layout of `MAML.batch_forward`."""
-        out = {"total_loss1": tf.reduce_mean(tf.stack(results["loss1"])),
-               "total_losses2": tf.reduce_mean(tf.stack(results["loss2"]))[None]}
+        out = {"total_loss1": tf.reduce_mean(tf.stack(results["loss1"]), 0),
+               "total_losses2": tf.reduce_mean(tf.stack(results["loss2"]), 0)[None]}
         if self.metric_fn is not None:
-            out["total_accuracy1"] = tf.reduce_mean(tf.stack(results["metric1"]))
-            out["total_accuracies2"] = tf.reduce_mean(tf.stack(results["metric2"]))[None]
+            out["total_accuracy1"] = tf.reduce_mean(tf.stack(results["metric1"]), 0)
+            out["total_accuracies2"] = tf.reduce_mean(tf.stack(results["metric2"]), 0)[None]
         return out
 
     def _query_results(self, results, theta, phi, support_x, query_x, query_y, transductive=None):
@@ -249,17 +251,18 @@ class Reptile:
                 results["metric" + key].append(self.metric_fn(outputs, query_y))
 
     # ---------------------------------------------------------- train, test
-    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
-        """One meta-iteration on the tasks of `batch` (its support sets are the training shots).
+    def meta_gradients(self, batch: TaskBatch):
+        """Runs every task's inner loop (advancing the inner optimiser state) and returns the Reptile direction.
 
-        Returns the mean over tasks of the query loss (and metric) before
-        (`total_loss1`) and after (`total_losses2[0]`) each task's inner loop,
-        computed transductively. `num_steps` is accepted for the training
-        loop's sake and ignored.
+        Returns:
+          `(gradients, results)`: `gradients = -mean_tasks(phi - theta)` (FOML:
+          `-mean_tasks(phi_last - phi_before_last)`), so that a gradient step of
+          size epsilon is the Reptile update (any Keras optimiser can apply it),
+          and the mean over tasks of the transductive query loss (and metric)
+          before (`total_loss1`) and after (`total_losses2[0]`) each inner loop.
         """
-        del num_steps
         batch = TaskBatch(*batch)
-        num_tasks, pool = batch.support_x.shape[0], batch.support_x.shape[1]
+        num_tasks, pool = batch.support_y.shape[0], batch.support_y.shape[1]
         num_ways = batch.support_y.shape[-1]
         theta = self.weights()
         state = self.inner_state.read()
@@ -275,18 +278,29 @@ class Reptile:
         directions = [tf.zeros_like(w) for w in theta]
         results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
         for task in range(num_tasks):  # In order: the inner optimiser state carries over.
-            x, y = batch.support_x[task], batch.support_y[task]
+            x, y = _task(batch.support_x, task), batch.support_y[task]
             before_last, state, _ = self.inner_loop(theta, state, x, y, main[task])
-            phi, state, _ = self.inner_step(before_last, state, tf.gather(x, last[task]), tf.gather(y, last[task]))
+            phi, state, _ = self.inner_step(before_last, state, _gather(x, last[task]), tf.gather(y, last[task]))
             start = before_last if self.foml else theta
             directions = [d + (p - s) for d, p, s in zip(directions, phi, start)]
-            self._query_results(results, theta, phi, x, batch.query_x[task], batch.query_y[task], transductive=True)
-        epsilon = tf.cast(self.meta_step_size(self.iterations), theta[0].dtype)
-        for var, w, d in zip(self.model.trainable_variables, theta, directions):
-            var.assign(w + epsilon * d / num_tasks)
+            self._query_results(results, theta, phi, x, _task(batch.query_x, task), batch.query_y[task],
+                                transductive=True)
         self.inner_state.assign(state)
+        return [-d / num_tasks for d in directions], self._report(results)
+
+    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
+        """One meta-iteration: `theta <- theta - epsilon * meta_gradients` with the annealed epsilon.
+
+        Returns `meta_gradients`' results. `num_steps` is accepted for the
+        training loop's sake and ignored.
+        """
+        del num_steps
+        grads, results = self.meta_gradients(batch)
+        epsilon = self.meta_step_size(self.iterations)
+        for var, g in zip(self.model.trainable_variables, grads):
+            var.assign_sub(tf.cast(epsilon, g.dtype) * g)
         self.iterations.assign_add(1)
-        return self._report(results)
+        return results
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
         """Fast weights after `steps` (default `eval_inner_iters`) evaluation steps on one support set.
@@ -295,7 +309,7 @@ class Reptile:
         """
         steps = self.eval_inner_iters if steps is None else steps
         weights = self.weights() if weights is None else list(weights)
-        indices = self.minibatch_indices(1, support_x.shape[0], self.eval_inner_batch_size, steps)[0]
+        indices = self.minibatch_indices(1, support_y.shape[0], self.eval_inner_batch_size, steps)[0]
         weights, _, _ = self.inner_loop(weights, self.inner_state.read(), support_x, support_y, indices)
         return weights
 
@@ -309,8 +323,18 @@ class Reptile:
         batch = TaskBatch(*batch)
         theta = self.weights()
         results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
-        for task in range(batch.support_x.shape[0]):
-            sx, sy = batch.support_x[task], batch.support_y[task]
+        for task in range(batch.support_y.shape[0]):
+            sx, sy = _task(batch.support_x, task), batch.support_y[task]
             phi = self.adapt(sx, sy, weights=theta)
-            self._query_results(results, theta, phi, sx, batch.query_x[task], batch.query_y[task])
+            self._query_results(results, theta, phi, sx, _task(batch.query_x, task), batch.query_y[task])
         return self._report(results)
+
+
+def _task(x, task: int):
+    """Task `task` of a (possibly nested) batched input."""
+    return tf.nest.map_structure(lambda t: t[task], x)
+
+
+def _gather(x, indices):
+    """The examples `indices` of a (possibly nested) input."""
+    return tf.nest.map_structure(lambda t: tf.gather(t, indices), x)

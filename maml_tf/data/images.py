@@ -303,7 +303,7 @@ class ImageTasks:
         self.num_ways, self.num_support, self.num_query = num_ways, num_support, num_query
         self.seed, self.rotate, self.invert, self.name = int(seed), rotate, invert, name
         with tf.init_scope(), tf.device("/CPU:0"):  # Eager host tensors, captured by the tf.data functions.
-            self._images = tf.convert_to_tensor(classes.images, tf.uint8)
+            self._images = tf.convert_to_tensor(classes.images)  # uint8 images, or any other examples.
             self._offsets = tf.constant(classes.offsets[:-1], tf.int32)
             self._counts = tf.constant(classes.counts(), tf.int32)
         # A read-only numpy view of the tensor's memory, so the images are held once (0.8 GB for
@@ -360,8 +360,13 @@ class ImageTasks:
         return images
 
     def _to_task_batch(self, images: tf.Tensor, labels: tf.Tensor) -> TaskBatch:
-        """uint8 images and int labels of a meta-batch -> float32 `TaskBatch`, with the original's ops."""
-        x = tf.cast(images, tf.float32) / 255.0
+        """uint8 images and int labels of a meta-batch -> float32 `TaskBatch`, with the original's ops.
+
+        Examples that are not uint8 are only cast to float32 (no scaling).
+        """
+        x = tf.cast(images, tf.float32)
+        if images.dtype == tf.uint8:
+            x = x / 255.0
         if self.invert:
             x = 1.0 - x
         y = tf.one_hot(labels, self.num_ways, dtype=tf.float32)
