@@ -178,6 +178,10 @@ class MetaModel(keras.Model):
         """The wrapped model before adaptation."""
         return self.base_model(inputs, training=training)
 
+    def fit(self, *args, shuffle=False, **kwargs):
+        """Keras `fit`; task datasets are already random, so `shuffle` defaults to False."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
+
     def compile(self, optimizer="adam", **kwargs):
         for key in ("loss", "metrics", "weighted_metrics", "loss_weights"):
             if kwargs.get(key) is not None:
