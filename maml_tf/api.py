@@ -23,13 +23,13 @@ convention through `loss_fn=` / `metric_fn=` (`fn(outputs, labels) -> scalar`).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from maml_tf.algorithms import ALGORITHMS, TaskBatch
-from maml_tf.algorithms.maml import refresh_statistics
+from maml_tf.algorithms.base import refresh_statistics
 from maml_tf.functional import functional_call
 
 _METRIC_ALIASES = {"accuracy": "categorical_accuracy", "acc": "categorical_accuracy", "mse": "mean_squared_error",

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.algorithms.base import TaskBatch
 from maml_tf.config import Config
 from maml_tf.data import images, miniimagenet, omniglot, prepare
 from maml_tf.data.images import DataNotFoundError, ImageTasks, make_image_tasks

@@ -10,9 +10,15 @@ from maml_tf.algorithms import IMAML, TaskBatch
 from maml_tf.algorithms.imaml import conjugate_gradient
 
 
-def linear_model(dim):
+def linear_model(dim, seed=0):
     inputs = keras.Input((dim,), dtype="float64")
-    return keras.Model(inputs, keras.layers.Dense(1, dtype="float64")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, dtype="float64")(inputs))
+    rng = np.random.RandomState(seed)
+    model.set_weights([rng.randn(dim, 1), rng.randn(1)])
+    return model
+
+
+EXACT = dict(cg_residual_tol=0.0)  # Run every CG step: exact on these small systems.
 
 
 def test_conjugate_gradient_solves_a_positive_definite_system():
@@ -60,7 +66,7 @@ def test_implicit_meta_gradient_is_exact_on_regularised_linear_regression(solver
     lam = 2.0
     steps = 400 if solver == "gd" else 2
     algo = IMAML(model, losses.mse, lam=lam, solver=solver, n_steps=steps, inner_lr=0.1, cg_steps=4,
-                 cg_damping=0.0, lam_damping=0.0, hf_cg_steps=4)
+                 cg_damping=0.0, lam_damping=0.0, hf_cg_steps=4, **EXACT)
     batch = TaskBatch(*[tf.constant(rng.randn(2, 8, d)) for d in (3, 1, 3, 1)])
     grads, _ = algo.meta_gradients(batch)
     kernel, bias = [v.numpy() for v in model.trainable_variables]
@@ -77,7 +83,7 @@ def test_implicit_gradient_matches_finite_differences_of_the_inner_solution():
     rng = np.random.RandomState(3)
     model = linear_model(2)
     algo = IMAML(model, losses.mse, lam=1.5, solver="hessian_free", n_steps=2, cg_steps=3, cg_damping=0.0,
-                 lam_damping=0.0, hf_cg_steps=3)
+                 lam_damping=0.0, hf_cg_steps=3, **EXACT)
     batch = TaskBatch(*[tf.constant(rng.randn(1, 6, d)) for d in (2, 1, 2, 1)])
     grads, _ = algo.meta_gradients(batch)
     theta = algo.weights()
@@ -116,7 +122,7 @@ def test_authors_damping_is_the_documented_matrix():
     """With cg_damping c and lam_damping d, CG solves ((1 + c) I + H / (lam + d)) x = g."""
     rng = np.random.RandomState(5)
     model = linear_model(3)
-    algo = IMAML(model, losses.mse, lam=2.0, solver="hessian_free", n_steps=2, cg_steps=4, hf_cg_steps=4)
+    algo = IMAML(model, losses.mse, lam=2.0, solver="hessian_free", n_steps=2, cg_steps=4, hf_cg_steps=4, **EXACT)
     batch = TaskBatch(*[tf.constant(rng.randn(1, 8, d)) for d in (3, 1, 3, 1)])
     grads, _ = algo.meta_gradients(batch)
     kernel, bias = [v.numpy() for v in model.trainable_variables]

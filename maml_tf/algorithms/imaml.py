@@ -37,8 +37,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import TaskBatch, cast_floats, check_model, check_scalar
-from maml_tf.functional import ParameterSplit, functional_call
+from maml_tf.algorithms.base import MetaLearner, TaskBatch
 
 SOLVERS = ("gd", "hessian_free")
 
@@ -88,7 +87,7 @@ def conjugate_gradient(matvec: Callable, b: Sequence[tf.Tensor], steps: int, res
     return x
 
 
-class IMAML:
+class IMAML(MetaLearner):
     """iMAML on a Keras model.
 
     Args:
@@ -103,6 +102,8 @@ class IMAML:
       cg_damping, lam_damping: the authors' damping, see the module docstring.
       hf_cg_steps: CG steps per Newton iteration (solver 'hessian_free').
       hf_line_search_steps: halvings allowed in the backtracking line search.
+      cg_residual_tol: every conjugate-gradient solve stops once the squared
+        residual norm is below this (the authors' 1e-10).
       adapt: which variables the inner problem adapts (default: all).
       metric_fn: optional `metric_fn(outputs, labels) -> scalar`.
       optimizer: outer optimiser (default: Adam(meta_lr, epsilon=1e-3), the authors').
@@ -115,7 +116,8 @@ class IMAML:
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, lam: float = 1.0, solver: str = "gd",
                  n_steps: int = 16, inner_lr: float = 1e-2, cg_steps: int = 5, cg_damping: float = 1.0,
-                 lam_damping: float = 10.0, hf_cg_steps: int = 5, hf_line_search_steps: int = 10, adapt=None,
+                 lam_damping: float = 10.0, hf_cg_steps: int = 5, hf_line_search_steps: int = 10,
+                 cg_residual_tol: float = 1e-10, adapt=None,
                  metric_fn: Optional[Callable] = None, optimizer=None, meta_lr: float = 1e-3,
                  training: bool = True):
         if solver not in SOLVERS:
@@ -124,14 +126,12 @@ class IMAML:
             raise ValueError(f"lam must be positive; got {lam}.")
         if n_steps < 0 or cg_steps < 0 or hf_cg_steps < 1 or hf_line_search_steps < 0:
             raise ValueError("n_steps, cg_steps and hf_line_search_steps must be non-negative, hf_cg_steps positive.")
-        self.model, self.loss_fn, self.metric_fn = model, loss_fn, metric_fn
+        super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt if adapt is not None else (lambda v: True),
+                         training=training, second_order=cg_steps > 1)
         self.lam, self.solver, self.n_steps, self.inner_lr = float(lam), solver, int(n_steps), float(inner_lr)
         self.cg_steps, self.cg_damping, self.lam_damping = int(cg_steps), float(cg_damping), float(lam_damping)
         self.hf_cg_steps, self.hf_line_search_steps = int(hf_cg_steps), int(hf_line_search_steps)
-        self.training = training
-        check_model(model, second_order=cg_steps > 1)
-        self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
-        self.dtype = model.trainable_variables[0].dtype
+        self.cg_residual_tol = float(cg_residual_tol)
         self.optimizer = optimizer or keras.optimizers.Adam(meta_lr, beta_1=0.9, beta_2=0.999, epsilon=1e-3)
         self.optimizer.build(model.trainable_variables)
         self.train_step = tf.function(self._train_step)
@@ -152,18 +152,13 @@ class IMAML:
         return {"model": self.model, "optimizer": self.optimizer}
 
     # --------------------------------------------------------------- pieces
-    def weights(self) -> list:
-        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
-
-    def forward(self, weights: Sequence, x):
-        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
-
+    # --------------------------------------------------------------- pieces
     def loss_and_grad(self, weights: Sequence, x, y):
         """Loss at `weights` and its gradient with respect to the adapted entries."""
         adapted = self.split.adapted(weights)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
-            loss = check_scalar(self.loss_fn(self.forward(weights, x), y), "loss_fn")
+            loss = self.task_loss(self.forward(weights, x), y)
         return loss, tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def hvp(self, weights: Sequence, x, y, vector: Sequence[tf.Tensor]) -> list:
@@ -201,7 +196,7 @@ class IMAML:
                 # Newton-CG: (H + lam I) d = -grad G, truncated at negative curvature.
                 direction = conjugate_gradient(
                     lambda v: _axpy(self.lam, v, self.hvp(weights, x, y, v)), [-g for g in grad],
-                    self.hf_cg_steps, stop_on_negative_curvature=True)
+                    self.hf_cg_steps, self.cg_residual_tol, stop_on_negative_curvature=True)
                 slope = _dot(grad, direction)
                 direction = tf.cond(slope < 0, lambda: direction, lambda: [-g for g in grad])  # Must descend.
                 slope = tf.minimum(slope, -_dot(grad, grad))
@@ -229,12 +224,12 @@ class IMAML:
         scale = 1.0 / (self.lam + self.lam_damping)
         return conjugate_gradient(
             lambda v: _axpy(scale, self.hvp(phi, support_x, support_y, v), [(1.0 + self.cg_damping) * t for t in v]),
-            query_grad, self.cg_steps)
+            query_grad, self.cg_steps, self.cg_residual_tol)
 
     def _task(self, theta, sx, sy, qx, qy, with_gradient: bool):
         phi = self.inner_solve(theta, sx, sy)
         before, after = self.forward(theta, qx), self.forward(phi, qx)
-        out = {"loss1": self.loss_fn(before, qy), "loss2": self.loss_fn(after, qy)}
+        out = {"loss1": self.task_loss(before, qy), "loss2": self.task_loss(after, qy)}
         if with_gradient:
             _, qgrad = self.loss_and_grad(phi, qx, qy)
             out["grads"] = self.split.replace([tf.zeros_like(t) for t in theta],
@@ -254,11 +249,8 @@ class IMAML:
             spec["grads"] = [tf.TensorSpec(t.shape, t.dtype) for t in theta]
         per_task = tf.map_fn(lambda t: self._task(theta, *t, with_gradient=with_gradient), tuple(batch),
                              fn_output_signature=spec)
-        results = {"total_loss1": tf.reduce_mean(per_task["loss1"], 0),
-                   "total_losses2": tf.reduce_mean(per_task["loss2"], 0)[None]}
-        if self.metric_fn is not None:
-            results["total_accuracy1"] = tf.reduce_mean(per_task["metric1"], 0)
-            results["total_accuracies2"] = tf.reduce_mean(per_task["metric2"], 0)[None]
+        after = lambda key: per_task[key][:, None] if key in per_task else None
+        results = self.totals(per_task["loss1"], after("loss2"), per_task.get("metric1"), after("metric2"))
         return results, per_task.get("grads")
 
     def meta_gradients(self, batch: TaskBatch):

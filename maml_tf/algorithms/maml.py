@@ -14,28 +14,12 @@ gradients (the original `--stop_grad`).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
-
-import warnings
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
-from maml_tf.functional import (ParameterSplit, current_non_trainable, functional_call, is_seed_state,
-                                training_kwargs)
-
-
-class TaskBatch(NamedTuple):
-    """A meta-batch of tasks; every field has a leading task axis.
-
-    support_x: [tasks, num_support, ...]; support_y: [tasks, num_support, out]
-    query_x:   [tasks, num_query, ...];   query_y:   [tasks, num_query, out]
-    """
-
-    support_x: tf.Tensor
-    support_y: tf.Tensor
-    query_x: tf.Tensor
-    query_y: tf.Tensor
+from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
 
 
 def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
@@ -47,7 +31,7 @@ def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
 
 
-class MAML:
+class MAML(MetaLearner):
     """Model-agnostic meta-learning on a Keras model.
 
     Args:
@@ -86,19 +70,14 @@ class MAML:
                  return_outputs: bool = True):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
-        check_model(model, second_order=not first_order)
-        self.model = model
-        self.loss_fn = loss_fn
-        self.metric_fn = metric_fn
+        super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
+                         second_order=not first_order)
         self.inner_lr = float(inner_lr)
         self.num_inner_steps = int(num_inner_steps)
         self.first_order = bool(first_order)
         self.clip_value = clip_value
-        self.training = training
         self.update_moving_statistics = update_moving_statistics
         self.return_outputs = return_outputs
-        self.split = ParameterSplit(model, adapt)
-        self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
         self.optimizer = optimizer or tf1_adam(meta_lr)
         self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
         for opt in (self.optimizer, self.pretrain_optimizer):
@@ -126,18 +105,6 @@ class MAML:
         return {"model": self.model, "optimizer": self.optimizer, "pretrain_optimizer": self.pretrain_optimizer}
 
     # ------------------------------------------------------------- inner loop
-    def weights(self) -> list:
-        """The current meta-parameters as tensors (differentiable reads)."""
-        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
-
-    def forward(self, weights: Sequence, x):
-        """Model outputs with `weights`; low-precision outputs (mixed precision) are cast to the variables' dtype."""
-        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
-
-    def task_loss(self, outputs, labels):
-        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
-        return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
-
     def inner_step(self, weights: Sequence, x, y):
         """One inner SGD step on the loss of `(x, y)`.
 
@@ -201,11 +168,8 @@ class MAML:
 
         per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
         # Totals as the original: sums over tasks divided by the meta-batch size.
-        per_task["total_loss1"] = tf.reduce_mean(per_task["support_loss"], 0)
-        per_task["total_losses2"] = tf.reduce_mean(per_task["query_losses"], 0)
-        if self.metric_fn is not None:
-            per_task["total_accuracy1"] = tf.reduce_mean(per_task["support_metric"], 0)
-            per_task["total_accuracies2"] = tf.reduce_mean(per_task["query_metrics"], 0)
+        per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
+                                    per_task.get("support_metric"), per_task.get("query_metrics")))
         return per_task
 
     # ------------------------------------------------------------ outer step
@@ -265,44 +229,3 @@ class MAML:
     def _evaluate(self, batch: TaskBatch, num_steps: int):
         """Pre-update and per-step post-update results, without any update."""
         return self.batch_forward(self.weights(), batch, num_steps)
-
-
-# ------------------------------------------------------------------ helpers
-def cast_floats(structure, dtype):
-    def cast(t):
-        return tf.cast(t, dtype) if t.dtype.is_floating and t.dtype != dtype else t
-    return tf.nest.map_structure(cast, structure)
-
-
-def check_scalar(value, what: str):
-    """Raises `ValueError` at trace time unless `value` is a scalar."""
-    if value.shape.rank not in (0, None):
-        raise ValueError(f"{what} must return one scalar per task; it returned shape {tuple(value.shape)}. "
-                         "Reduce over the examples (e.g. tf.reduce_mean).")
-    return value
-
-
-def check_model(model: keras.Model, second_order: bool) -> None:
-    """Raises for models that cannot be meta-trained; warns where second derivatives are approximate."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model; got {type(model).__name__}.")
-    if second_order:
-        inexact = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)
-                   if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))}
-        if inexact:
-            warnings.warn(
-                f"Model {model.name!r} has Keras {', '.join(sorted(inexact))} layers: Keras computes their moments "
-                "with a stop-gradient on the mean, so second-order meta-gradients through them are approximate. "
-                "Use maml_tf.networks.BatchNormTF1 / LayerNormTF1 (exact) or first_order=True.", stacklevel=3)
-
-
-def refresh_statistics(model: keras.Model, support_x, training: bool = True) -> None:
-    """One stateless training-mode pass over all support examples of a meta-batch; stores the new
-    non-trainable state (moving averages), keeping seed-generator states."""
-    flat = tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)), support_x)
-    weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
-    _, updated = model.stateless_call(weights, current_non_trainable(model), flat,
-                                      **training_kwargs(model, training))
-    for var, value in zip(model.non_trainable_variables, updated):
-        if not is_seed_state(var):
-            var.assign(value)

@@ -44,8 +44,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import TaskBatch, cast_floats, check_model, check_scalar
-from maml_tf.functional import ParameterSplit, functional_call
+from maml_tf.algorithms.base import MetaLearner, TaskBatch
 
 
 class InnerOptimizerState(tf.Module):
@@ -68,7 +67,7 @@ class InnerOptimizerState(tf.Module):
         self.steps.assign(steps)
 
 
-class Reptile:
+class Reptile(MetaLearner):
     """Reptile (or FOML) on a Keras model, with the authors' options and defaults.
 
     Args:
@@ -108,8 +107,8 @@ class Reptile:
             raise ValueError("inner_iters and the inner batch sizes must be at least 1, eval_inner_iters at least 0.")
         if foml_tail is not None and not foml:
             raise ValueError("foml_tail needs foml=True.")
-        self.model = model
-        self.loss_fn, self.metric_fn = loss_fn, metric_fn
+        super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt if adapt is not None else (lambda v: True),
+                         training=training, second_order=False)
         self.total_iterations = max(int(total_iterations), 1)
         self.inner_lr = float(inner_lr)
         self.inner_batch_size, self.inner_iters = int(inner_batch_size), int(inner_iters)
@@ -119,10 +118,6 @@ class Reptile:
         self.beta1, self.beta2, self.epsilon = float(inner_beta1), float(inner_beta2), float(inner_epsilon)
         self.weight_decay = float(weight_decay)
         self.transductive, self.foml, self.foml_tail = bool(transductive), bool(foml), foml_tail
-        self.training = training
-        check_model(model, second_order=False)
-        self.split = ParameterSplit(model, adapt if adapt is not None else (lambda v: True))
-        self.dtype = model.trainable_variables[0].dtype
         self.inner_state = InnerOptimizerState(self.split.adapted(model.trainable_variables))
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iterations")
         self.rng = tf.random.Generator.from_seed(seed)
@@ -150,12 +145,6 @@ class Reptile:
                 "sampler": self.rng}
 
     # --------------------------------------------------------------- pieces
-    def weights(self) -> list:
-        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
-
-    def forward(self, weights: Sequence, x):
-        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
-
     def meta_step_size(self, iteration) -> tf.Tensor:
         """Epsilon at 0-based meta-iteration `iteration`: linear from `meta_step` to `meta_step_final`."""
         frac = tf.cast(iteration, tf.float64) / self.total_iterations
@@ -190,7 +179,7 @@ class Reptile:
             adapted = [w * self.weight_decay for w in adapted]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
-            loss = check_scalar(self.loss_fn(self.forward(self.split.replace(weights, adapted), x), y), "loss_fn")
+            loss = self.task_loss(self.forward(self.split.replace(weights, adapted), x), y)
         grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if self.sgd:
             return self.split.replace(weights, [w - self.inner_lr * g for w, g in zip(adapted, grads)]), state, loss
@@ -235,18 +224,15 @@ class Reptile:
                          fn_output_signature=tf.TensorSpec(None, self.dtype))
 
     def _report(self, results: Dict[str, list]) -> Dict[str, tf.Tensor]:
-        """Means over tasks in the layout of `MAML.batch_forward`."""
-        out = {"total_loss1": tf.reduce_mean(tf.stack(results["loss1"]), 0),
-               "total_losses2": tf.reduce_mean(tf.stack(results["loss2"]), 0)[None]}
-        if self.metric_fn is not None:
-            out["total_accuracy1"] = tf.reduce_mean(tf.stack(results["metric1"]), 0)
-            out["total_accuracies2"] = tf.reduce_mean(tf.stack(results["metric2"]), 0)[None]
-        return out
+        """Per-task lists -> `totals` (one reported step: the end of the inner loop)."""
+        stack = lambda key: tf.stack(results[key]) if results[key] else None
+        after = lambda key: tf.stack(results[key])[:, None] if results[key] else None
+        return self.totals(stack("loss1"), after("loss2"), stack("metric1"), after("metric2"))
 
     def _query_results(self, results, theta, phi, support_x, query_x, query_y, transductive=None):
         for key, weights in (("1", theta), ("2", phi)):
             outputs = self.predict(weights, support_x, query_x, transductive)
-            results["loss" + key].append(self.loss_fn(outputs, query_y))
+            results["loss" + key].append(self.task_loss(outputs, query_y))
             if self.metric_fn is not None:
                 results["metric" + key].append(self.metric_fn(outputs, query_y))
 

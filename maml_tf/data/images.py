@@ -45,7 +45,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.algorithms.base import TaskBatch
 
 SPLITS = ("train", "val", "test")
 CACHE_NAME = ".maml_tf_decoded.npz"  # Inside the data folder, so ignored by git with it.

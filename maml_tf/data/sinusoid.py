@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from maml_tf.algorithms.maml import TaskBatch
+from maml_tf.algorithms.base import TaskBatch
 
 
 class SinusoidTasks:

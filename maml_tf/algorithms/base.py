@@ -1,0 +1,120 @@
+"""What every algorithm shares: the task-batch type, the model and its inner-loop split, forward passes,
+loss checks, and the layout of the results (`totals`).
+
+Results of every algorithm's `train_step`/`evaluate` are means over the tasks
+of a batch, with the original MAML names: `total_loss1` (query loss before
+adaptation; MAML: the support loss, as the original), `total_losses2` (after
+each reported inner step), and with a metric `total_accuracy1`,
+`total_accuracies2`. `objective_step` indexes the meta-objective in
+`total_losses2`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.functional import (ParameterSplit, current_non_trainable, functional_call, is_seed_state,
+                                training_kwargs)
+
+
+class TaskBatch(NamedTuple):
+    """A meta-batch of tasks; every field has a leading task axis.
+
+    support_x: [tasks, num_support, ...]; support_y: [tasks, num_support, out]
+    query_x:   [tasks, num_query, ...];   query_y:   [tasks, num_query, out]
+    """
+
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor
+
+
+class MetaLearner:
+    """Base of the algorithms: a built Keras model, a per-task loss (and metric), and which variables adapt.
+
+    Args:
+      model: a built Keras 3 model; its trainable variables are the meta-parameters.
+      loss_fn: `loss_fn(outputs, labels) -> scalar` of one task.
+      metric_fn: optional `metric_fn(outputs, labels) -> scalar` (or a vector of metrics).
+      adapt: which variables the inner loop adapts (see `ParameterSplit`).
+      training: Keras training flag of every forward pass.
+      second_order: whether meta-gradients differentiate through inner
+        gradients (warns for Keras normalisation layers, whose second
+        derivatives are approximate).
+    """
+
+    name = "meta_learner"
+    objective_step = 0
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, metric_fn: Optional[Callable], adapt,
+                 training: bool, second_order: bool):
+        check_model(model, second_order)
+        self.model, self.loss_fn, self.metric_fn, self.training = model, loss_fn, metric_fn, training
+        self.split = ParameterSplit(model, adapt)
+        self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
+
+    def weights(self) -> list:
+        """The current meta-parameters as tensors (differentiable reads)."""
+        return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+
+    def forward(self, weights: Sequence, x):
+        """Model outputs with `weights`; low-precision outputs (mixed precision) are cast to the variables' dtype."""
+        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
+
+    def task_loss(self, outputs, labels):
+        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
+        return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
+
+    def totals(self, loss1, losses2, metric1=None, metrics2=None) -> dict:
+        """Means over tasks: `loss1` [tasks], `losses2` [tasks, steps] (metrics alike) -> the results dict."""
+        out = {"total_loss1": tf.reduce_mean(loss1, 0), "total_losses2": tf.reduce_mean(losses2, 0)}
+        if self.metric_fn is not None:
+            out["total_accuracy1"] = tf.reduce_mean(metric1, 0)
+            out["total_accuracies2"] = tf.reduce_mean(metrics2, 0)
+        return out
+
+
+# ------------------------------------------------------------------ helpers
+def cast_floats(structure, dtype):
+    def cast(t):
+        return tf.cast(t, dtype) if t.dtype.is_floating and t.dtype != dtype else t
+    return tf.nest.map_structure(cast, structure)
+
+
+def check_scalar(value, what: str):
+    """Raises `ValueError` at trace time unless `value` is a scalar."""
+    if value.shape.rank not in (0, None):
+        raise ValueError(f"{what} must return one scalar per task; it returned shape {tuple(value.shape)}. "
+                         "Reduce over the examples (e.g. tf.reduce_mean).")
+    return value
+
+
+def check_model(model: keras.Model, second_order: bool) -> None:
+    """Raises for models that cannot be meta-trained; warns where second derivatives are approximate."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model; got {type(model).__name__}.")
+    if second_order:
+        inexact = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)
+                   if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))}
+        if inexact:
+            warnings.warn(
+                f"Model {model.name!r} has Keras {', '.join(sorted(inexact))} layers: Keras computes their moments "
+                "with a stop-gradient on the mean, so second-order meta-gradients through them are approximate. "
+                "Use maml_tf.networks.BatchNormTF1 / LayerNormTF1 (exact) or first_order=True.", stacklevel=3)
+
+
+def refresh_statistics(model: keras.Model, support_x, training: bool = True) -> None:
+    """One stateless training-mode pass over all support examples of a meta-batch; stores the new
+    non-trainable state (moving averages), keeping seed-generator states."""
+    flat = tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)), support_x)
+    weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    _, updated = model.stateless_call(weights, current_non_trainable(model), flat,
+                                      **training_kwargs(model, training))
+    for var, value in zip(model.non_trainable_variables, updated):
+        if not is_seed_state(var):
+            var.assign(value)
