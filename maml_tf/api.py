@@ -155,7 +155,7 @@ class MetaModel(keras.Model):
         strings, booleans, lists).
     """
 
-    def __init__(self, model: keras.Model, algorithm: str = "maml", loss="categorical_crossentropy",
+    def __init__(self, model: keras.Model, algorithm: str = "maml", loss=None,
                  metrics: Sequence = (), eval_steps: Optional[int] = None, name: str = "meta_model",
                  **options):
         for key in ("optimizer", "pretrain_optimizer", "meta_lr"):
