@@ -154,17 +154,35 @@ class MAML(MetaLearner):
             result["query_metrics"] = tf.stack([self.metric_fn(o, query_y) for o in query_outputs])
         return result
 
-    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: int) -> Dict[str, tf.Tensor]:
-        """`task_forward` mapped over the tasks of a meta-batch (as `tf.map_fn` in the original)."""
+    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: int,
+                      with_gradients: bool = False) -> Dict[str, tf.Tensor]:
+        """`task_forward` mapped over the tasks of a meta-batch (as `tf.map_fn` in the original).
+
+        With `with_gradients`, each task also returns the gradient of its query
+        loss after `num_inner_steps` steps with respect to `weights`
+        (`grads`, stacked over tasks), computed inside the mapped function: the
+        meta-gradient is their mean, and nothing is differentiated through the
+        loop over tasks (no while-loop gradient, no accumulation of every task's
+        intermediates at once).
+        """
         batch = TaskBatch(*batch)
         keys = ["support_loss", "query_losses"]
         keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
         spec = {k: tf.TensorSpec(None, self.dtype) for k in keys}
+        if with_gradients:
+            spec["grads"] = [tf.TensorSpec(w.shape, w.dtype) for w in weights]
 
         def task(data):
-            out = self.task_forward(weights, *data, num_steps=num_steps)
-            return {k: out[k] for k in keys}
+            if not with_gradients:
+                out = self.task_forward(weights, *data, num_steps=num_steps)
+                return {k: out[k] for k in keys}
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(weights)
+                out = self.task_forward(weights, *data, num_steps=num_steps)
+                objective = out["query_losses"][self.objective_step]
+            grads = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return {**{k: out[k] for k in keys}, "grads": grads}
 
         per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
         # Totals as the original: sums over tasks divided by the meta-batch size.
@@ -174,7 +192,10 @@ class MAML(MetaLearner):
 
     # ------------------------------------------------------------ outer step
     def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None):
-        """Meta-gradient of the query loss after `num_inner_steps` steps.
+        """Meta-gradient of the mean query loss after `num_inner_steps` steps.
+
+        The gradient of the mean over tasks is the mean of the tasks'
+        gradients; each is taken inside the loop over tasks (see `batch_forward`).
 
         Args:
           batch: the task batch.
@@ -186,13 +207,9 @@ class MAML(MetaLearner):
           and the `batch_forward` results.
         """
         num_steps = self.num_inner_steps if num_steps is None else num_steps
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            weights = self.weights() if weights is None else list(weights)
-            tape.watch(weights)
-            results = self.batch_forward(weights, batch, num_steps)
-            meta_loss = results["total_losses2"][self.num_inner_steps - 1]
-        grads = tape.gradient(meta_loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return grads, results
+        weights = self.weights() if weights is None else list(weights)
+        results = self.batch_forward(weights, batch, num_steps, with_gradients=True)
+        return [tf.reduce_mean(g, 0) for g in results.pop("grads")], results
 
     def clip(self, grads):
         """Elementwise clipping of the meta-gradient (the original clips MiniImagenet's)."""
