@@ -213,10 +213,8 @@ class MetaModel(keras.Model):
     def train_step(self, data):
         batch = _to_task_batch(data)
         grads, results = self.learner.meta_gradients(batch)
-        if getattr(self.learner, "clip_value", None) is not None:
-            grads = self.learner.clip(grads)
-        self.optimizer.apply(grads, self.base_model.trainable_variables)
-        if getattr(self.learner, "update_moving_statistics", False):
+        self.optimizer.apply(self.learner.clip(grads), self.base_model.trainable_variables)
+        if self.learner.update_moving_statistics:
             refresh_statistics(self.base_model, batch.support_x, self.learner.training)
         return self._logs(results)
 

@@ -50,6 +50,7 @@ class MetaLearner:
 
     name = "meta_learner"
     objective_step = 0
+    update_moving_statistics = False  # MAML's option; see `refresh_statistics`.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, metric_fn: Optional[Callable], adapt,
                  training: bool, second_order: bool):
@@ -69,6 +70,10 @@ class MetaLearner:
     def task_loss(self, outputs, labels):
         """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
         return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
+
+    def clip(self, grads) -> list:
+        """The meta-gradient as applied (MAML clips elementwise when asked; others do not)."""
+        return list(grads)
 
     def totals(self, loss1, losses2, metric1=None, metrics2=None) -> dict:
         """Means over tasks: `loss1` [tasks], `losses2` [tasks, steps] (metrics alike) -> the results dict."""
