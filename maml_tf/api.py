@@ -202,11 +202,10 @@ class MetaModel(keras.Model):
         return list(self._trackers.values())
 
     def _logs(self, results: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        step = self.learner.objective_step
-        self._trackers["loss"].update_state(results["total_losses2"][step])
+        self._trackers["loss"].update_state(results["objective_loss"])
         self._trackers["pre_loss"].update_state(results["total_loss1"])
         for i, n in enumerate(self.metric_names):
-            self._trackers[n].update_state(results["total_accuracies2"][step][i])
+            self._trackers[n].update_state(results["objective_metric"][i])
             self._trackers["pre_" + n].update_state(results["total_accuracy1"][i])
         return {n: t.result() for n, t in self._trackers.items()}
 

@@ -145,7 +145,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     if config.datasource != "sinusoid":
         val_tasks = make_tasks(config, "val", config.seed + 1).batches(config.meta_batch_size)
     num_steps = config.num_steps_reported
-    key = "total_accuracies2" if config.classification else "total_losses2"
+    key = "objective_metric" if config.classification else "objective_loss"
     key1 = "total_accuracy1" if config.classification else "total_loss1"
     history = {"iteration": [], "pre": [], "post": []}
     prelosses, postlosses = [], []
@@ -164,7 +164,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                     results = algo.evaluate(batch, num_steps)
             else:
                 results = algo.train_step(batch, num_steps if summary else None)
-                watched = results["total_losses2"][algo.objective_step]
+                watched = results["objective_loss"]
             watched = float(watched)
             if not np.isfinite(watched):
                 last = checkpoints.manager.latest_checkpoint or "none (no checkpoint was saved)"
@@ -176,7 +176,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                     with writer.as_default(step=itr):
                         for tag, value in scalars.items():
                             tf.summary.scalar("metatrain_" + tag, value)
-                pre, post = float(results[key1]), float(results[key][algo.objective_step])
+                pre, post = float(results[key1]), float(results[key])
                 prelosses.append(pre)
                 postlosses.append(post)
                 history["iteration"].append(itr)
@@ -197,7 +197,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                     with writer.as_default(step=itr):
                         for tag, value in val_scalars.items():
                             tf.summary.scalar("metaval_" + tag, value)
-                print(f"Validation results: {float(val[key1])}, {float(val[key][algo.objective_step])}",
+                print(f"Validation results: {float(val[key1])}, {float(val[key])}",
                       flush=True)
             progress.update(itr)
     except KeyboardInterrupt:

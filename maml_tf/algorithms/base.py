@@ -6,7 +6,8 @@ of a batch, with the original MAML names: `total_loss1` (query loss before
 adaptation; MAML: the support loss, as the original), `total_losses2` (after
 each reported inner step), and with a metric `total_accuracy1`,
 `total_accuracies2`. `objective_step` indexes the meta-objective in
-`total_losses2`.
+`total_losses2`; `objective_loss` (`objective_metric`) is that entry, and is
+all a lean MAML training step reports after adaptation.
 """
 
 from __future__ import annotations
@@ -75,12 +76,21 @@ class MetaLearner:
         """The meta-gradient as applied (MAML clips elementwise when asked; others do not)."""
         return list(grads)
 
-    def totals(self, loss1, losses2, metric1=None, metrics2=None) -> dict:
-        """Means over tasks: `loss1` [tasks], `losses2` [tasks, steps] (metrics alike) -> the results dict."""
+    def totals(self, loss1, losses2, metric1=None, metrics2=None, objective: Optional[int] = None) -> dict:
+        """Means over tasks: `loss1` [tasks], `losses2` [tasks, steps] (metrics alike) -> the results dict.
+
+        `objective_loss` (and `objective_metric`) is the entry `objective` of
+        the step axis (default `objective_step`), when there is one.
+        """
         out = {"total_loss1": tf.reduce_mean(loss1, 0), "total_losses2": tf.reduce_mean(losses2, 0)}
         if self.metric_fn is not None:
             out["total_accuracy1"] = tf.reduce_mean(metric1, 0)
             out["total_accuracies2"] = tf.reduce_mean(metrics2, 0)
+        objective = self.objective_step if objective is None else objective
+        if objective < losses2.shape[1]:
+            out["objective_loss"] = out["total_losses2"][objective]
+            if self.metric_fn is not None:
+                out["objective_metric"] = out["total_accuracies2"][objective]
         return out
 
 

@@ -14,12 +14,15 @@ gradients (the original `--stop_grad`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
+from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
+from maml_tf.losses import per_task
 
 
 def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
@@ -59,6 +62,12 @@ class MAML(MetaLearner):
         original (batch statistics everywhere).
       return_outputs: keep the per-task model outputs in the results (the
         CLI and parity tests read them; they must be single tensors).
+      batch_tasks: run all tasks of a meta-batch through the network at once
+        (`maml_tf.batched.TaskBatchedNetwork`: grouped convolutions and batched
+        matmuls, each task with its own fast weights) instead of looping over
+        them with `tf.map_fn`. Same mathematics, fewer and larger operations.
+        Default (None): whenever the model is supported (a chain of the layers
+        the original networks use); True raises if it is not.
     """
 
     name = "maml"
@@ -67,7 +76,7 @@ class MAML(MetaLearner):
                  first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
                  clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
                  meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
-                 return_outputs: bool = True):
+                 return_outputs: bool = True, batch_tasks: Optional[bool] = None):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
@@ -82,6 +91,10 @@ class MAML(MetaLearner):
         self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
         for opt in (self.optimizer, self.pretrain_optimizer):
             opt.build(model.trainable_variables)
+        reason = unsupported_reason(model)
+        if batch_tasks and reason is not None:
+            raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
+        self.batched = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
         self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
         self.train_step = tf.function(self._train_step)
         self.pretrain_step = tf.function(self._pretrain_step)
@@ -131,19 +144,26 @@ class MAML(MetaLearner):
         return weights
 
     def task_forward(self, weights: Sequence, support_x, support_y, query_x, query_y,
-                     num_steps: int) -> Dict[str, tf.Tensor]:
+                     num_steps: int, query_steps: Optional[Sequence[int]] = None) -> Dict[str, tf.Tensor]:
         """The original `task_metalearn`: adaptation and the query loss after each step.
 
+        Args:
+          query_steps: after which steps (0-based) to run the query set
+            (default: every step).
+
         Returns a dict: `support_outputs`, `support_loss` (pre-update),
-        `query_outputs` [steps, ...], `query_losses` [steps] (and
-        `support_metric`, `query_metrics` [steps] with a metric).
+        `query_outputs` [query steps, ...], `query_losses` [query steps] (and
+        `support_metric`, `query_metrics` [query steps] with a metric).
         """
+        query_steps = range(num_steps) if query_steps is None else query_steps
         query_outputs, query_losses = [], []
         support_outputs = support_loss = None
-        for _ in range(num_steps):
+        for step in range(num_steps):
             outputs, loss, weights = self.inner_step(weights, support_x, support_y)
             if support_outputs is None:
                 support_outputs, support_loss = outputs, loss
+            if step not in query_steps:
+                continue
             out_q = self.forward(weights, query_x)
             query_outputs.append(out_q)
             query_losses.append(self.task_loss(out_q, query_y))
@@ -154,62 +174,135 @@ class MAML(MetaLearner):
             result["query_metrics"] = tf.stack([self.metric_fn(o, query_y) for o in query_outputs])
         return result
 
-    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: int,
+    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: Optional[int],
                       with_gradients: bool = False) -> Dict[str, tf.Tensor]:
-        """`task_forward` mapped over the tasks of a meta-batch (as `tf.map_fn` in the original).
+        """`task_forward` for every task of a meta-batch, and the totals.
 
-        With `with_gradients`, each task also returns the gradient of its query
-        loss after `num_inner_steps` steps with respect to `weights`
-        (`grads`, stacked over tasks), computed inside the mapped function: the
-        meta-gradient is their mean, and nothing is differentiated through the
-        loop over tasks (no while-loop gradient, no accumulation of every task's
-        intermediates at once).
+        Runs the tasks at once through `self.batched` when the model allows it,
+        else maps `task_forward` over them with `tf.map_fn` (as the original).
+        Per-task entries have a leading task axis (`query_losses` [tasks, steps]).
+        With `with_gradients`, `grads` holds the meta-gradient: the gradient of
+        the mean query loss after `num_inner_steps` steps with respect to
+        `weights`.
+
+        `num_steps=None` runs what the meta-objective needs and nothing more,
+        as the original's training iterations do (TF1 runs only the ops
+        `metatrain_op` depends on): `num_inner_steps` steps, the query set only
+        after the last. The results then hold `total_loss1` and the
+        `objective_loss` (`objective_metric`) but no per-step `total_losses2`.
         """
         batch = TaskBatch(*batch)
+        lean = num_steps is None
+        num_steps = self.num_inner_steps if lean else num_steps
+        query_steps = [self.objective_step] if lean else list(range(num_steps))
+        if self.batched is not None:
+            per_task = self._batched_tasks(weights, batch, num_steps, query_steps, with_gradients)
+        else:
+            per_task = self._mapped_tasks(weights, batch, num_steps, query_steps, with_gradients)
+        # Totals as the original: sums over tasks divided by the meta-batch size.
+        per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
+                                    per_task.get("support_metric"), per_task.get("query_metrics"),
+                                    objective=query_steps.index(self.objective_step)
+                                    if self.objective_step in query_steps else None))
+        if lean:
+            per_task.pop("total_losses2")
+            per_task.pop("total_accuracies2", None)
+        return per_task
+
+    def _result_keys(self) -> list:
         keys = ["support_loss", "query_losses"]
         keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
+        return keys
+
+    def _mapped_tasks(self, weights, batch: TaskBatch, num_steps: int, query_steps, with_gradients: bool):
+        """`task_forward` mapped over the tasks; each task's gradient is taken inside the mapped function,
+        so nothing is differentiated through the loop (no while-loop gradient, no accumulation of every
+        task's intermediates at once), and the meta-gradient is their mean."""
+        keys = self._result_keys()
         spec = {k: tf.TensorSpec(None, self.dtype) for k in keys}
         if with_gradients:
             spec["grads"] = [tf.TensorSpec(w.shape, w.dtype) for w in weights]
 
         def task(data):
             if not with_gradients:
-                out = self.task_forward(weights, *data, num_steps=num_steps)
+                out = self.task_forward(weights, *data, num_steps=num_steps, query_steps=query_steps)
                 return {k: out[k] for k in keys}
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(weights)
-                out = self.task_forward(weights, *data, num_steps=num_steps)
-                objective = out["query_losses"][self.objective_step]
+                out = self.task_forward(weights, *data, num_steps=num_steps, query_steps=query_steps)
+                objective = out["query_losses"][query_steps.index(self.objective_step)]
             grads = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return {**{k: out[k] for k in keys}, "grads": grads}
 
         per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
-        # Totals as the original: sums over tasks divided by the meta-batch size.
-        per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
-                                    per_task.get("support_metric"), per_task.get("query_metrics")))
+        if with_gradients:
+            per_task["grads"] = [tf.reduce_mean(g, 0) for g in per_task["grads"]]
         return per_task
+
+    def _batched_tasks(self, weights, batch: TaskBatch, num_steps: int, query_steps, with_gradients: bool):
+        """The same computation as `_mapped_tasks`, for all tasks at once with task-layout fast weights."""
+        net, split = self.batched, self.split
+        num_tasks = batch.support_x.shape[0] or tf.shape(batch.support_x)[0]
+        tape = tf.GradientTape(watch_accessed_variables=False) if with_gradients else None
+        with tape or contextlib.nullcontext():
+            if tape:
+                tape.watch(weights)
+            fast = net.per_task(weights, num_tasks)
+            support_outputs = support_loss = None
+            query_outputs, query_losses = [], []
+            for step in range(num_steps):
+                adapted = split.adapted(fast)
+                with tf.GradientTape(watch_accessed_variables=False) as inner:
+                    inner.watch(adapted)
+                    outputs = net(fast, batch.support_x)  # [tasks, N, out]
+                    losses = self._task_losses(outputs, batch.support_y)  # [tasks]
+                # Task t's loss depends on task t's weights only: each slice is that task's gradient.
+                grads = inner.gradient(losses, adapted,  # Of the sum.
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                if self.first_order:
+                    grads = [tf.stop_gradient(g) for g in grads]
+                fast = split.replace(fast, [w - self.inner_lr * g for w, g in zip(adapted, grads)])
+                if support_outputs is None:
+                    support_outputs, support_loss = outputs, losses
+                if step in query_steps:
+                    query_outputs.append(net(fast, batch.query_x))
+                    query_losses.append(self._task_losses(query_outputs[-1], batch.query_y))
+            if tape:
+                objective = tf.reduce_mean(query_losses[query_steps.index(self.objective_step)])
+        out = {"support_loss": support_loss, "query_losses": tf.stack(query_losses, 1),
+               "support_outputs": support_outputs, "query_outputs": tf.stack(query_outputs, 1)}
+        if self.metric_fn is not None:
+            out["support_metric"] = per_task(self.metric_fn, support_outputs, batch.support_y)
+            out["query_metrics"] = tf.stack([per_task(self.metric_fn, o, batch.query_y) for o in query_outputs], 1)
+        out = {k: out[k] for k in self._result_keys()}
+        if with_gradients:
+            out["grads"] = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return out
+
+    def _task_losses(self, outputs, labels):
+        """Per-task losses `[tasks]` of `[tasks, N, ...]` outputs (`loss_fn.batched` if it has one)."""
+        return per_task(self.loss_fn if hasattr(self.loss_fn, "batched") else self.task_loss, outputs, labels)
 
     # ------------------------------------------------------------ outer step
     def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None):
         """Meta-gradient of the mean query loss after `num_inner_steps` steps.
 
-        The gradient of the mean over tasks is the mean of the tasks'
-        gradients; each is taken inside the loop over tasks (see `batch_forward`).
+        See `batch_forward` for how the tasks are run.
 
         Args:
           batch: the task batch.
           weights: meta-parameters as tensors (default: the model's).
-          num_steps: inner steps to build and report (>= num_inner_steps).
+          num_steps: inner steps to build and report (>= num_inner_steps);
+            default: only what the meta-objective needs (see `batch_forward`).
 
         Returns:
           `(gradients, results)`: unclipped gradients aligned with `weights`,
           and the `batch_forward` results.
         """
-        num_steps = self.num_inner_steps if num_steps is None else num_steps
         weights = self.weights() if weights is None else list(weights)
         results = self.batch_forward(weights, batch, num_steps, with_gradients=True)
-        return [tf.reduce_mean(g, 0) for g in results.pop("grads")], results
+        return results.pop("grads"), results
 
     def clip(self, grads):
         """Elementwise clipping of the meta-gradient (the original clips MiniImagenet's)."""
@@ -220,8 +313,9 @@ class MAML(MetaLearner):
     def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
         """One meta-update (the original `metatrain_op`). Returns the batch results.
 
-        `num_steps` (a Python int, default `num_inner_steps`) builds more steps
-        for reporting; the update is the same.
+        `num_steps` (a Python int) builds and reports that many steps
+        (`total_losses2`); by default only what the update needs runs, and the
+        results hold `objective_loss` (see `batch_forward`). The update is the same.
         """
         grads, results = self.meta_gradients(batch, num_steps=num_steps)
         self.optimizer.apply(self.clip(grads), self.model.trainable_variables)
