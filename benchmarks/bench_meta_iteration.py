@@ -100,7 +100,7 @@ def main(_):
         batch = next(tasks)
         start = time.perf_counter()
         results = algo.train_step(batch)
-        float(results["total_losses2"][algo.objective_step])  # Waits for the step.
+        float(results["objective_loss"])  # Waits for the step.
         if i >= FLAGS.warmup:
             times.append(time.perf_counter() - start)
     report = {"preset": FLAGS.preset, "set": overrides, "data": FLAGS.data, "iterations": FLAGS.iterations,

@@ -15,6 +15,7 @@ gradients (the original `--stop_grad`).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Dict, Optional, Sequence
 
 import keras
@@ -32,6 +33,13 @@ def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
     `w -= lr_t*m/(sqrt(v)+eps)`) is the TF1 update; only epsilon differs by default.
     """
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+
+
+def default_task_groups() -> int:
+    """Groups of tasks in a task-batched step: one per CPU core without a GPU, one on a GPU."""
+    if tf.config.list_physical_devices("GPU"):
+        return 1
+    return max(1, int(os.environ.get("MAML_TF_TASK_GROUPS", 0)) or (os.cpu_count() or 1))
 
 
 class MAML(MetaLearner):
@@ -68,6 +76,9 @@ class MAML(MetaLearner):
         them with `tf.map_fn`. Same mathematics, fewer and larger operations.
         Default (None): whenever the model is supported (a chain of the layers
         the original networks use); True raises if it is not.
+      task_groups: with `batch_tasks`, split the meta-batch into this many
+        groups of tasks, batched within and run in parallel (on a CPU each
+        core is fastest on its own group). Default: `default_task_groups()`.
     """
 
     name = "maml"
@@ -76,7 +87,8 @@ class MAML(MetaLearner):
                  first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
                  clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
                  meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
-                 return_outputs: bool = True, batch_tasks: Optional[bool] = None):
+                 return_outputs: bool = True, batch_tasks: Optional[bool] = None,
+                 task_groups: Optional[int] = None):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
@@ -95,6 +107,7 @@ class MAML(MetaLearner):
         if batch_tasks and reason is not None:
             raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
         self.batched = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
+        self.task_groups = default_task_groups() if task_groups is None else int(task_groups)
         self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
         self.train_step = tf.function(self._train_step)
         self.pretrain_step = tf.function(self._pretrain_step)
@@ -241,44 +254,60 @@ class MAML(MetaLearner):
         return per_task
 
     def _batched_tasks(self, weights, batch: TaskBatch, num_steps: int, query_steps, with_gradients: bool):
-        """The same computation as `_mapped_tasks`, for all tasks at once with task-layout fast weights."""
-        net, split = self.batched, self.split
-        num_tasks = batch.support_x.shape[0] or tf.shape(batch.support_x)[0]
+        """The same computation as `_mapped_tasks`, with task-layout fast weights: the tasks of each of
+        `task_groups` groups at once (independent branches of the graph, which TensorFlow runs in
+        parallel on its inter-op threads)."""
         tape = tf.GradientTape(watch_accessed_variables=False) if with_gradients else None
         with tape or contextlib.nullcontext():
             if tape:
                 tape.watch(weights)
-            fast = net.per_task(weights, num_tasks)
-            support_outputs = support_loss = None
-            query_outputs, query_losses = [], []
-            for step in range(num_steps):
-                adapted = split.adapted(fast)
-                with tf.GradientTape(watch_accessed_variables=False) as inner:
-                    inner.watch(adapted)
-                    outputs = net(fast, batch.support_x)  # [tasks, N, out]
-                    losses = self._task_losses(outputs, batch.support_y)  # [tasks]
-                # Task t's loss depends on task t's weights only: each slice is that task's gradient.
-                grads = inner.gradient(losses, adapted,  # Of the sum.
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                if self.first_order:
-                    grads = [tf.stop_gradient(g) for g in grads]
-                fast = split.replace(fast, [w - self.inner_lr * g for w, g in zip(adapted, grads)])
-                if support_outputs is None:
-                    support_outputs, support_loss = outputs, losses
-                if step in query_steps:
-                    query_outputs.append(net(fast, batch.query_x))
-                    query_losses.append(self._task_losses(query_outputs[-1], batch.query_y))
+            parts = [self._task_group(weights, group, num_steps, query_steps) for group in self._groups(batch)]
+            out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
             if tape:
-                objective = tf.reduce_mean(query_losses[query_steps.index(self.objective_step)])
-        out = {"support_loss": support_loss, "query_losses": tf.stack(query_losses, 1),
-               "support_outputs": support_outputs, "query_outputs": tf.stack(query_outputs, 1)}
+                objective = tf.reduce_mean(out["query_losses"][:, query_steps.index(self.objective_step)])
         if self.metric_fn is not None:
-            out["support_metric"] = per_task(self.metric_fn, support_outputs, batch.support_y)
-            out["query_metrics"] = tf.stack([per_task(self.metric_fn, o, batch.query_y) for o in query_outputs], 1)
+            out["support_metric"] = per_task(self.metric_fn, out["support_outputs"], batch.support_y)
+            out["query_metrics"] = tf.stack([per_task(self.metric_fn, out["query_outputs"][:, i], batch.query_y)
+                                             for i in range(len(query_steps))], 1)
         out = {k: out[k] for k in self._result_keys()}
         if with_gradients:
             out["grads"] = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return out
+
+    def _groups(self, batch: TaskBatch) -> list:
+        """`batch` split along the task axis into `task_groups` near-equal groups (one if its size is dynamic)."""
+        num_tasks = batch.support_x.shape[0]
+        groups = 1 if num_tasks is None else min(self.task_groups, num_tasks)
+        if groups == 1:
+            return [batch]
+        sizes = [num_tasks // groups + (g < num_tasks % groups) for g in range(groups)]
+        return [TaskBatch(*parts) for parts in zip(*[tf.split(t, sizes) for t in batch])]
+
+    def _task_group(self, weights, batch: TaskBatch, num_steps: int, query_steps) -> Dict[str, tf.Tensor]:
+        """Adaptation of every task of `batch` at once (`self.batched`), recorded on the caller's tape."""
+        net, split = self.batched, self.split
+        fast = net.per_task(weights, batch.support_x.shape[0] or tf.shape(batch.support_x)[0])
+        support_outputs = support_loss = None
+        query_outputs, query_losses = [], []
+        for step in range(num_steps):
+            adapted = split.adapted(fast)
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(adapted)
+                outputs = net(fast, batch.support_x)  # [tasks, N, out]
+                losses = self._task_losses(outputs, batch.support_y)  # [tasks]
+            # Task t's loss depends on task t's weights only: each slice is that task's gradient.
+            grads = inner.gradient(losses, adapted,  # Of the sum.
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            if self.first_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            fast = split.replace(fast, [w - self.inner_lr * g for w, g in zip(adapted, grads)])
+            if support_outputs is None:
+                support_outputs, support_loss = outputs, losses
+            if step in query_steps:
+                query_outputs.append(net(fast, batch.query_x))
+                query_losses.append(self._task_losses(query_outputs[-1], batch.query_y))
+        return {"support_loss": support_loss, "query_losses": tf.stack(query_losses, 1),
+                "support_outputs": support_outputs, "query_outputs": tf.stack(query_outputs, 1)}
 
     def _task_losses(self, outputs, labels):
         """Per-task losses `[tasks]` of `[tasks, N, ...]` outputs (`loss_fn.batched` if it has one)."""
