@@ -95,6 +95,14 @@ flags.DEFINE_float("imaml_cg_damping", 1.0, "CG matrix (1 + d) v + H v / (lam + 
 flags.DEFINE_float("imaml_lam_damping", 10.0, "added to lambda in the CG matrix, as the authors' code.")
 flags.DEFINE_integer("imaml_hf_cg_steps", 5, "CG steps per Newton iteration (hessian_free).")
 
+## Speed (the results are the same with any of these).
+flags.DEFINE_bool("batch_tasks", True, "MAML: run a meta-batch's tasks at once (grouped convolutions, batched "
+                  "matmuls) where the network allows; False: one by one with tf.map_fn, as the original.")
+flags.DEFINE_integer("task_groups", 0, "with --batch_tasks: groups of tasks run in parallel; 0: one per CPU core "
+                     "(1 on a GPU).")
+flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use; 1 (default) runs independent "
+                     "ops (tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")
+
 
 def config_from_flags() -> Config:
     """All flags as a plain `Config`."""

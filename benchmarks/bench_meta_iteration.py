@@ -89,6 +89,7 @@ def main(_):
 
     overrides = {**PRESETS[FLAGS.preset], "stop_grad": FLAGS.stop_grad, **parse_overrides(FLAGS.set)}
     config = Config(**overrides).validate()
+    train.configure_threads(config)  # As main.py.
     algo = train.build_algorithm(config)
     if config.datasource == "sinusoid" or FLAGS.data == "real":
         tasks = make_tasks(config, "train", 0).batches(config.meta_batch_size)

@@ -54,6 +54,7 @@ def main(_):
     from maml_tf.config import Config
 
     config = Config(**{**PRESETS[FLAGS.preset], **parse_overrides(FLAGS.set)}).validate()
+    train.configure_threads(config)  # As main.py.
     algo = train.build_algorithm(config)
     tasks = synthetic_batches(config)
     for _ in range(FLAGS.warmup):

@@ -29,6 +29,11 @@ SPEED = {
     "omniglot5_fomaml": ("omniglot5", ["stop_grad=True"], (0.087, 1.0)),
     "omniglot20_maml": ("omniglot20", [], (0.79, 2.0)),
     "miniimagenet_maml": ("miniimagenet", [], (1.26, 3.3)),
+    # What each speed option gives: tasks one by one (tf.map_fn, as the original), every core per op.
+    "omniglot5_maml_map_fn": ("omniglot5", ["batch_tasks=False"], (0.214, 1.1)),
+    "omniglot5_maml_all_threads": ("omniglot5", ["intra_op_threads=0"], (0.214, 1.1)),
+    "omniglot20_maml_map_fn": ("omniglot20", ["batch_tasks=False"], (0.79, 2.0)),
+    "miniimagenet_maml_map_fn": ("miniimagenet", ["batch_tasks=False"], (1.26, 3.3)),
     # The authors' Omniglot 5-way 1-shot settings of each algorithm.
     "omniglot5_reptile": ("omniglot5", ["algorithm=reptile", "meta_batch_size=5", "reptile_train_shots=10",
                                         "reptile_inner_batch=10", "reptile_inner_iters=5"], None),

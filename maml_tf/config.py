@@ -59,6 +59,10 @@ class Config:
     omniglot_source: str = "folder"  # 'folder' (data_dir/omniglot_resized) or 'tfds'.
     tfds_data_dir: Optional[str] = None  # tensorflow-datasets folder for omniglot_source='tfds'.
     progress: bool = True
+    # Speed (results are the same either way).
+    batch_tasks: bool = True  # MAML: a meta-batch's tasks at once (maml_tf.batched) where the network allows.
+    task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: one per CPU core (1 on a GPU).
+    intra_op_threads: int = 1  # Threads per TensorFlow op; 0: TensorFlow's default (every core).
     import_checkpoint: Optional[str] = None  # A TF1 checkpoint of the original code to start from.
     export_checkpoint: Optional[str] = None  # Write the final weights as a TF1 checkpoint here.
     # Reptile (--algorithm=reptile): the authors' options and defaults (`openai/supervised-reptile`).
@@ -108,6 +112,9 @@ class Config:
         for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
+        for name in ("task_groups", "intra_op_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be 0 (automatic) or more; got {getattr(self, name)}.")
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be non-negative; got {getattr(self, name)}.")

@@ -35,6 +35,16 @@ class TrainingError(RuntimeError):
 
 
 # =============================================================== construction
+def configure_threads(config: Config) -> None:
+    """`--intra_op_threads`: must run before TensorFlow starts its runtime (the first op)."""
+    if config.intra_op_threads == tf.config.threading.get_intra_op_parallelism_threads():
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
+    except RuntimeError:
+        print("Warning: --intra_op_threads not applied: TensorFlow was already running.", file=sys.stderr)
+
+
 def build_algorithm(config: Config, model=None):
     """The algorithm of `config.algorithm` on the original network for `config`."""
     model = model or networks.build_network(config)
@@ -267,6 +277,7 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
 def run(config: Config):
     """Train or test as `config` says (the original `main()`)."""
     config.validate()
+    configure_threads(config)
     tf.keras.utils.set_random_seed(config.seed)
     algo = build_algorithm(config)
     directory = experiment_dir(config)
