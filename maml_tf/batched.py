@@ -113,6 +113,8 @@ class TaskBatchedNetwork:
                 grouped = True
             elif isinstance(layer, (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.Dense)):
                 grouped = False
+            elif isinstance(layer, _NORMS):
+                grouped = len(layer.input.shape) == 4  # Images (also before any conv) or features.
             ids = [index[id(v)] for v in layer.trainable_variables]
             for i in ids:
                 self.grouped[i] = grouped

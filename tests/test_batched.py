@@ -25,6 +25,9 @@ NETS = {
     "fc_images_bn": lambda: networks.build_fc((4, 4, 1), 3, [5, 4], "batch_norm"),
     "fc_layer_norm": lambda: networks.build_fc((2,), 1, [5], "layer_norm"),
     "sequential": sequential_net,
+    "norm_before_conv": lambda: keras.Sequential([
+        keras.Input((6, 6, 2)), networks.LayerNormTF1(), keras.layers.MaxPooling2D(2), keras.layers.Conv2D(3, 2),
+        networks.BatchNormTF1(), keras.layers.Flatten(), keras.layers.Dense(2)]),
 }
 
 
