@@ -38,9 +38,10 @@ def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
 def default_task_groups() -> int:
     """Groups of tasks in a task-batched step: one on a GPU (the largest operations), else two per CPU core.
 
-    On the 2-core benchmark machine with one thread per op, 4 groups were the
-    fastest measured for Omniglot 5-way (0.10-0.13 s against 0.12-0.15 s with
-    2 or 8) and MiniImagenet (1.41 s against 1.83 s with 2); see README, Speed.
+    On the 2-core benchmark machine with one thread per op, Omniglot 5-way took
+    0.10-0.15 s with 4 groups, 0.12-0.14 s with 2 or 8 and 0.17 s with 32 (the
+    runs vary that much); MiniImagenet (4 tasks) 1.41 s with 4 groups, 1.83 s
+    with 2. See README, Speed and memory.
     """
     if tf.config.list_physical_devices("GPU"):
         return 1
