@@ -4,8 +4,10 @@ Runs the same `train.build_algorithm` step as `main.py` on task batches of the
 right shapes: sinusoid tasks from the real sampler; for images either random
 pixels (`--data=synthetic`, no data set needed) or the real task pipeline
 (`--data=real`, needs the prepared data). Reports the median, min and max over
-`--iterations` steps after `--warmup` steps, the peak resident memory of the
-process (TensorFlow included) and, on a GPU, the peak device memory.
+`--iterations` steps after `--warmup` steps, the median time a step waited for
+its batch (`batch_wait_median_s`: whether the input pipeline keeps up), the
+peak resident memory of the process (TensorFlow included) and, on a GPU, the
+peak device memory.
 
     python benchmarks/bench_meta_iteration.py --preset=omniglot5 --iterations=30
     python benchmarks/bench_meta_iteration.py --preset=omniglot5 --set=algorithm=reptile,meta_batch_size=5
@@ -96,9 +98,12 @@ def main(_):
     else:
         tasks = synthetic_batches(config)
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    times = []
+    times, waits = [], []
     for i in range(FLAGS.warmup + FLAGS.iterations):
+        start = time.perf_counter()
         batch = next(tasks)
+        if i >= FLAGS.warmup:
+            waits.append(time.perf_counter() - start)  # Time the step waited for its batch.
         start = time.perf_counter()
         results = algo.train_step(batch)
         float(results["objective_loss"])  # Waits for the step.
@@ -106,7 +111,7 @@ def main(_):
             times.append(time.perf_counter() - start)
     report = {"preset": FLAGS.preset, "set": overrides, "data": FLAGS.data, "iterations": FLAGS.iterations,
               "median_s": round(float(np.median(times)), 5), "min_s": round(float(np.min(times)), 5),
-              "max_s": round(float(np.max(times)), 5),
+              "max_s": round(float(np.max(times)), 5), "batch_wait_median_s": round(float(np.median(waits)), 5),
               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
               "device": "GPU" if gpu else "CPU", "cpus": os.cpu_count(), "tensorflow": tf.__version__}
     if gpu:
