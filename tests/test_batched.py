@@ -149,3 +149,15 @@ def test_batched_losses_equal_per_task_losses(fn):
     want = [fn(outputs[t], labels[t]).numpy() for t in range(4)]
     np.testing.assert_allclose(fn.batched(outputs, labels).numpy(), want, rtol=1e-12)
     np.testing.assert_allclose(losses.per_task(lambda o, y: fn(o, y), outputs, labels).numpy(), want, rtol=1e-12)
+
+
+def test_unknown_number_of_tasks():
+    """A meta-batch whose task axis is unknown when traced (e.g. Keras datasets) runs as one group."""
+    keras.utils.set_random_seed(4)
+    model = networks.build_conv((8, 8, 1), 3, 4, "batch_norm", False, "mean")
+    algo = MAML(model, losses.scaled_xent(1), inner_lr=0.1, num_inner_steps=1, batch_tasks=True, task_groups=2)
+    spec = TaskBatch(*[tf.TensorSpec([None, 3] + shape) for shape in ([8, 8, 1], [3], [8, 8, 1], [3])])
+    traced = tf.function(lambda b: algo.meta_gradients(b)[1]["objective_loss"], input_signature=[spec])
+    batch = class_batch(np.random.default_rng(4), 5, (8, 8, 1), shots=1)
+    np.testing.assert_allclose(float(traced(batch)), float(algo.meta_gradients(batch)[1]["objective_loss"]),
+                               rtol=1e-5)
