@@ -103,6 +103,9 @@ flags.DEFINE_integer("task_groups", 0, "with --batch_tasks: groups of tasks run 
 flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use; 1 (default) runs independent "
                      "ops (tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")
 
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and evaluation steps (for GPUs; 4.6x slower on the "
+                  "2-core CPU benchmark).")
+
 
 def config_from_flags() -> Config:
     """All flags as a plain `Config`."""

@@ -134,8 +134,7 @@ class IMAML(MetaLearner):
         self.cg_residual_tol = float(cg_residual_tol)
         self.optimizer = optimizer or keras.optimizers.Adam(meta_lr, beta_1=0.9, beta_2=0.999, epsilon=1e-3)
         self.optimizer.build(model.trainable_variables)
-        self.train_step = tf.function(self._train_step)
-        self.evaluate = tf.function(self._evaluate)
+        self.compile()
 
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "IMAML":

@@ -88,6 +88,7 @@ class MAML(MetaLearner):
     """
 
     name = "maml"
+    compiled_steps = ("train_step", "pretrain_step", "evaluate")
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
                  first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
@@ -115,9 +116,7 @@ class MAML(MetaLearner):
         self.batched = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
         self.task_groups = default_task_groups() if task_groups is None else int(task_groups)
         self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
-        self.train_step = tf.function(self._train_step)
-        self.pretrain_step = tf.function(self._pretrain_step)
-        self.evaluate = tf.function(self._evaluate)
+        self.compile()
 
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "MAML":

@@ -121,8 +121,7 @@ class Reptile(MetaLearner):
         self.inner_state = InnerOptimizerState(self.split.adapted(model.trainable_variables))
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iterations")
         self.rng = tf.random.Generator.from_seed(seed)
-        self.train_step = tf.function(self._train_step)
-        self.evaluate = tf.function(self._evaluate)
+        self.compile()
 
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "Reptile":
