@@ -98,7 +98,7 @@ flags.DEFINE_integer("imaml_hf_cg_steps", 5, "CG steps per Newton iteration (hes
 ## Speed (the results are the same with any of these).
 flags.DEFINE_bool("batch_tasks", True, "MAML: run a meta-batch's tasks at once (grouped convolutions, batched "
                   "matmuls) where the network allows; False: one by one with tf.map_fn, as the original.")
-flags.DEFINE_integer("task_groups", 0, "with --batch_tasks: groups of tasks run in parallel; 0: one per CPU core "
+flags.DEFINE_integer("task_groups", 0, "with --batch_tasks: groups of tasks run in parallel; 0: two per CPU core "
                      "(1 on a GPU).")
 flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use; 1 (default) runs independent "
                      "ops (tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")

@@ -17,7 +17,7 @@ reductions' axes), so every derivative matches the per-task path up to float
 rounding; `tests/test_batched.py` checks outputs, inner gradients and
 meta-gradients against `functional_call` per task.
 
-Supported layers: InputLayer, Conv2D (channels-last, no dilation or groups),
+Supported layers: Conv2D (channels-last, no dilation or groups),
 Dense (on `[batch, features]`), BatchNormTF1, LayerNormTF1, MaxPooling2D,
 AveragePooling2D, GlobalAveragePooling2D, Flatten, and the elementwise
 activation layers (ReLU, LeakyReLU, ELU, Activation). `unsupported_reason`
@@ -37,7 +37,7 @@ from maml_tf.networks import BatchNormTF1, LayerNormTF1, exact_moments, normaliz
 _ELEMENTWISE = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Activation)
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 _NORMS = (BatchNormTF1, LayerNormTF1)
-_SUPPORTED = (keras.layers.InputLayer, keras.layers.Conv2D, keras.layers.Dense, keras.layers.Flatten,
+_SUPPORTED = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.Flatten,
               keras.layers.GlobalAveragePooling2D) + _ELEMENTWISE + _POOLING + _NORMS
 
 
@@ -157,8 +157,6 @@ class TaskBatchedNetwork:
 
 def _apply(layer, params, h, grouped: bool, num_tasks):
     """One layer on activations in the current layout; returns `(outputs, grouped)`."""
-    if isinstance(layer, keras.layers.InputLayer):
-        return h, grouped
     if isinstance(layer, keras.layers.Conv2D):
         h = h if grouped else _to_grouped(h)
         h = tf.nn.conv2d(h, params[0], list(layer.strides), layer.padding.upper())  # T groups

@@ -221,8 +221,7 @@ class MAML(MetaLearner):
         # Totals as the original: sums over tasks divided by the meta-batch size.
         per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
                                     per_task.get("support_metric"), per_task.get("query_metrics"),
-                                    objective=query_steps.index(self.objective_step)
-                                    if self.objective_step in query_steps else None))
+                                    objective=0 if lean else None))
         if lean:
             per_task.pop("total_losses2")
             per_task.pop("total_accuracies2", None)
