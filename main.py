@@ -105,6 +105,9 @@ flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use;
 
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and evaluation steps (for GPUs; 4.6x slower on the "
                   "2-core CPU benchmark).")
+flags.DEFINE_bool("mixed_precision", False, "compute in float16 with float32 variables, losses, fast-weight updates "
+                  "and batch-norm moments, and dynamic loss scaling (for GPUs; results differ from float32 by "
+                  "float16 rounding).")
 
 
 def config_from_flags() -> Config:

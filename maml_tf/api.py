@@ -186,7 +186,12 @@ class MetaModel(keras.Model):
         for key in ("loss", "metrics", "weighted_metrics", "loss_weights"):
             if kwargs.get(key) is not None:
                 raise ValueError(f"MetaModel.compile: {key}= is per task; pass it to MetaModel(...) instead.")
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("MetaModel.compile: pass the plain optimizer; a float16 model's losses are scaled by "
+                             "the meta-learner itself (inner loop included), see maml_tf.algorithms.base.")
         super().compile(optimizer=optimizer, **kwargs)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):  # Keras wraps under mixed_float16.
+            self.optimizer = self.optimizer.inner_optimizer
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:
@@ -202,17 +207,25 @@ class MetaModel(keras.Model):
         return list(self._trackers.values())
 
     def _logs(self, results: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        self._trackers["loss"].update_state(results["objective_loss"])
-        self._trackers["pre_loss"].update_state(results["total_loss1"])
-        for i, n in enumerate(self.metric_names):
-            self._trackers[n].update_state(results["objective_metric"][i])
-            self._trackers["pre_" + n].update_state(results["total_accuracy1"][i])
+        def track():
+            self._trackers["loss"].update_state(results["objective_loss"])
+            self._trackers["pre_loss"].update_state(results["total_loss1"])
+            for i, n in enumerate(self.metric_names):
+                self._trackers[n].update_state(results["objective_metric"][i])
+                self._trackers["pre_" + n].update_state(results["total_accuracy1"][i])
+
+        if "update_skipped" in results:  # Loss scaling skipped an overflowing step: its losses are not counted.
+            tf.cond(results["update_skipped"], lambda: None, track)
+        else:
+            track()
         return {n: t.result() for n, t in self._trackers.items()}
 
     def train_step(self, data):
         batch = _to_task_batch(data)
         grads, results = self.learner.meta_gradients(batch)
-        self.optimizer.apply(self.learner.clip(grads), self.base_model.trainable_variables)
+        grads = self.learner.clip(grads)
+        results.update(self.learner.apply_update(
+            grads, lambda: self.optimizer.apply(grads, self.base_model.trainable_variables)))
         if self.learner.update_moving_statistics:
             refresh_statistics(self.base_model, batch.support_x, self.learner.training)
         return self._logs(results)

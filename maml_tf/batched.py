@@ -69,8 +69,6 @@ def unsupported_reason(model: keras.Model) -> Optional[str]:
     for layer in layers:
         if not isinstance(layer, _SUPPORTED):
             return f"layer {layer.name!r} ({type(layer).__name__}) has no task-batched form"
-        if layer.compute_dtype != layer.variable_dtype:
-            return f"layer {layer.name!r} computes in {layer.compute_dtype} (mixed precision)"
         if isinstance(layer, keras.layers.Conv2D) and (
                 layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1):
             return f"conv layer {layer.name!r} is not a plain channels-last convolution"
@@ -152,11 +150,14 @@ class TaskBatchedNetwork:
         h, grouped = x, False
         for layer, ids in zip(self.layers, self.weight_indices):
             h, grouped = _apply(layer, [weights[i] for i in ids], h, grouped, num_tasks)
-        return _to_tasks(h, num_tasks) if grouped else h
+        h = _to_tasks(h, num_tasks) if grouped else h
+        return tf.cast(h, weights[0].dtype)  # Mixed precision: outputs in the variables' dtype, as `forward`.
 
 
 def _apply(layer, params, h, grouped: bool, num_tasks):
     """One layer on activations in the current layout; returns `(outputs, grouped)`."""
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):  # In the layer's compute dtype.
+        h, params = tf.cast(h, layer.compute_dtype), [tf.cast(p, layer.compute_dtype) for p in params]
     if isinstance(layer, keras.layers.Conv2D):
         h = h if grouped else _to_grouped(h)
         h = tf.nn.conv2d(h, params[0], list(layer.strides), layer.padding.upper())  # T groups

@@ -64,6 +64,7 @@ class Config:
     task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU).
     intra_op_threads: int = 1  # Threads per TensorFlow op; 0: TensorFlow's default (every core).
     jit_compile: bool = False  # XLA-compile the train and evaluation steps.
+    mixed_precision: bool = False  # float16 compute (Keras 'mixed_float16'), float32 variables, loss scaling.
     import_checkpoint: Optional[str] = None  # A TF1 checkpoint of the original code to start from.
     export_checkpoint: Optional[str] = None  # Write the final weights as a TF1 checkpoint here.
     # Reptile (--algorithm=reptile): the authors' options and defaults (`openai/supervised-reptile`).

@@ -38,8 +38,10 @@ def exact_moments(x: tf.Tensor, axes: Sequence[int]):
       axes: axes to reduce.
 
     Returns:
-      `(mean, variance)`, both with the reduced axes kept.
+      `(mean, variance)`, both with the reduced axes kept; float32 for float16
+      or bfloat16 inputs (mixed precision), as Keras' normalisation layers.
     """
+    x = _at_least_float32(x)
     mean = tf.reduce_mean(x, axis=axes, keepdims=True)
     centred = x - mean  # No stop_gradient here, unlike tf.nn.moments.
     variance = tf.reduce_mean(tf.square(centred), axis=axes, keepdims=True)
@@ -51,12 +53,18 @@ def normalize(x, mean, variance, epsilon, offset, scale=None):
 
     Centred first: `tf.nn.batch_normalization`'s `x * inv + (offset - mean * inv)`
     cancels catastrophically in float32 when |mean| >> std (conv outputs), which
-    costs the meta-gradient two to three significant digits.
+    costs the meta-gradient two to three significant digits. Low-precision
+    inputs are normalised in the moments' dtype (float32) and cast back.
     """
     inv = tf.math.rsqrt(variance + epsilon)
     if scale is not None:
-        inv = inv * scale
-    return (x - mean) * inv + offset
+        inv = inv * tf.cast(scale, inv.dtype)
+    out = (_at_least_float32(x) - mean) * inv + tf.cast(offset, inv.dtype)
+    return tf.cast(out, x.dtype)
+
+
+def _at_least_float32(x):
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -128,13 +136,14 @@ def build_fc(input_shape, dim_output: int, hidden: Sequence[int], norm: str, dty
       dim_output: output units.
       hidden: hidden layer sizes.
       norm: 'batch_norm', 'layer_norm' or 'None'.
-      dtype: variable and compute dtype.
+      dtype: variable and compute dtype, or a Keras dtype policy name
+        (e.g. 'mixed_float16': float32 variables, float16 computation).
 
     Returns:
       A built `keras.Model`.
     """
     init = keras.initializers.TruncatedNormal(stddev=0.01)
-    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=keras.DTypePolicy(dtype).variable_dtype)
     h = inputs
     if len(input_shape) > 1:
         h = keras.layers.Flatten(dtype=dtype)(h)
@@ -161,7 +170,7 @@ def build_conv(input_shape, dim_output: int, num_filters: int, norm: str, max_po
     Returns:
       A built `keras.Model`.
     """
-    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=keras.DTypePolicy(dtype).variable_dtype)
     h = inputs
     for i in range(4):
         h = keras.layers.Conv2D(num_filters, 3, strides=1 if max_pool else 2, padding="same",
@@ -212,8 +221,13 @@ def network_name(config: Config) -> str:
     return "conv" if config.classification and config.conv else "fc"
 
 
-def build_network(config: Config, dtype="float32") -> keras.Model:
-    """Builds the original network for `config` (see `network_name`)."""
+def build_network(config: Config, dtype=None) -> keras.Model:
+    """Builds the original network for `config` (see `network_name`).
+
+    `dtype`: a dtype or Keras dtype policy name; default float32, or
+    'mixed_float16' with `config.mixed_precision`.
+    """
+    dtype = dtype or ("mixed_float16" if config.mixed_precision else "float32")
     return NETWORKS[network_name(config)](config, dtype)
 
 

@@ -68,7 +68,8 @@ class Checkpoints:
 
     def __init__(self, algo, directory: str):
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(iteration=self.iteration, **algo.checkpoint_objects())
+        self.objects = algo.checkpoint_objects()
+        self.checkpoint = tf.train.Checkpoint(iteration=self.iteration, **self.objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=10, checkpoint_name="model")
         self.directory = directory
 
@@ -91,7 +92,14 @@ class Checkpoints:
 
     def restore(self, path: str) -> int:
         """Restores `path`; returns the number of iterations done."""
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        checkpoint = self.checkpoint
+        if "loss_scale" in self.objects and not any(
+                name.startswith("loss_scale/") for name, _ in tf.train.list_variables(path)):
+            # Written without --mixed_precision: everything else resumes, the loss scale starts afresh.
+            checkpoint = tf.train.Checkpoint(iteration=self.iteration,
+                                             **{k: v for k, v in self.objects.items() if k != "loss_scale"})
+        # Extra values (the loss scale of a --mixed_precision run resumed without it) are left unused.
+        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         return int(self.iteration.numpy())
 
 
@@ -104,6 +112,8 @@ def _to_scalars(results: Dict, classification: bool) -> Dict[str, float]:
         out["Pre-update accuracy"] = float(results["total_accuracy1"])
         for j, value in enumerate(results["total_accuracies2"]):
             out[f"Post-update accuracy, step {j + 1}"] = float(value)
+    if "loss_scale" in results:
+        out["Loss scale"] = float(results["loss_scale"])
     return out
 
 
@@ -161,7 +171,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     key = "objective_metric" if config.classification else "objective_loss"
     key1 = "total_accuracy1" if config.classification else "total_loss1"
     history = {"iteration": [], "pre": [], "post": []}
-    prelosses, postlosses = [], []
+    prelosses, postlosses, skipped = [], [], 0
     progress = _Progress(total, resume_itr, config.progress)
     print(f"Training {config.exp_string()} from iteration {resume_itr} to {total} "
           f"({pretrain} pretraining); outputs in {checkpoints.directory}", flush=True)
@@ -179,11 +189,15 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                 results = algo.train_step(batch, num_steps if summary else None)
                 watched = results["objective_loss"]
             watched = float(watched)
-            if not np.isfinite(watched):
+            # --mixed_precision: a step whose scaled float16 gradients overflowed is skipped (and the loss
+            # scale halved); its losses are not logged. Only an overflow at loss scale 1 stops training.
+            skip = bool(results.get("update_skipped", False))
+            skipped += skip
+            if not np.isfinite(watched) and not (skip and float(results["loss_scale"]) > 1.0):
                 last = checkpoints.manager.latest_checkpoint or "none (no checkpoint was saved)"
                 raise TrainingError(f"The loss became {watched} at iteration {itr}; training stopped. "
                                     f"Last good checkpoint: {last}. Try a smaller --meta_lr or --update_lr.")
-            if summary:
+            if summary and not skip:
                 scalars = _to_scalars(results, config.classification)
                 if writer is not None:
                     with writer.as_default(step=itr):
@@ -198,9 +212,10 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
             if itr != 0 and itr % print_interval == 0:
                 label = f"Pretrain Iteration {itr}" if itr < pretrain else f"Iteration {itr - pretrain}"
                 progress.close()
+                note = f", {skipped} updates skipped by loss scaling" if skipped else ""
                 print(f"{label}: {np.mean(prelosses)}, {np.mean(postlosses)}  "
-                      f"[{progress.rate(itr):.1f} it/s, ETA {progress.eta(itr)}]", flush=True)
-                prelosses, postlosses = [], []
+                      f"[{progress.rate(itr):.1f} it/s, ETA {progress.eta(itr)}{note}]", flush=True)
+                prelosses, postlosses, skipped = [], [], 0
             if itr != 0 and itr % SAVE_INTERVAL == 0:
                 checkpoints.save(itr)
             if val_tasks is not None and itr != 0 and itr % val_interval == 0:

@@ -42,6 +42,20 @@ def test_sinusoid_train_resume_test(tmp_path):
     assert "Mean validation accuracy/loss" in out
 
 
+def test_mixed_precision_sinusoid_train_resume(tmp_path):
+    import tensorflow as tf
+
+    common = [f"--logdir={tmp_path}", "--update_batch_size=3", "--meta_batch_size=2"]
+    run_main(*common, "--metatrain_iterations=3")  # float32, resumed in mixed precision and back.
+    out = run_main(*common, "--mixed_precision", "--metatrain_iterations=5").stdout
+    assert "Restoring model weights" in out and "from iteration 3 to 5" in out
+    (checkpoint,) = tmp_path.glob("*/model-4.index")
+    names = [name for name, _ in tf.train.list_variables(str(checkpoint)[:-len(".index")])]
+    assert any(name.startswith("loss_scale/scale") for name in names)
+    out = run_main(*common, "--metatrain_iterations=6").stdout
+    assert "from iteration 5 to 6" in out
+
+
 def test_export_then_import_original_checkpoint(tmp_path):
     common = [f"--logdir={tmp_path}", "--norm=None", "--update_batch_size=2", "--meta_batch_size=2"]
     run_main(*common, "--metatrain_iterations=2", f"--export_checkpoint={tmp_path}/tf1/model1")

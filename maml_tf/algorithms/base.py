@@ -60,6 +60,7 @@ class MetaLearner:
         self.model, self.loss_fn, self.metric_fn, self.training = model, loss_fn, metric_fn, training
         self.split = ParameterSplit(model, adapt)
         self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
+        self.loss_scale = DynamicLossScale() if computes_in_float16(model) else None
 
     def compile(self, jit_compile: bool = False) -> None:
         """(Re)builds the compiled steps (`train_step`, `evaluate`, ...) as `tf.function`s.
@@ -79,6 +80,46 @@ class MetaLearner:
     def forward(self, weights: Sequence, x):
         """Model outputs with `weights`; low-precision outputs (mixed precision) are cast to the variables' dtype."""
         return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
+
+    def gradient(self, tape: tf.GradientTape, loss, sources: Sequence) -> list:
+        """`d sum(loss) / d sources` (zeros where unconnected); with float16 layers, of the scaled loss.
+
+        Loss scaling (`self.loss_scale`): the backward pass starts from
+        `scale` instead of 1, so that small float16 gradients of the
+        activations do not flush to zero, and the result is divided by the
+        scale in the variables' dtype. Inner-loop and outer gradients alike go
+        through here.
+        """
+        if self.loss_scale is None:
+            return tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        scale = self.loss_scale.scale
+        grads = tape.gradient(loss, sources, output_gradients=tf.ones_like(loss) * tf.cast(scale, loss.dtype),
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return [g / tf.cast(scale, g.dtype) for g in grads]
+
+    def apply_update(self, grads: Sequence, apply: Callable[[], None]) -> dict:
+        """Runs `apply()` (the meta-update from `grads`); with loss scaling, only if every gradient is
+        finite, else the update is skipped and the scale halves (see `DynamicLossScale`).
+
+        Returns entries for the step's results: none without loss scaling, else
+        `loss_scale` (the scale this step used) and `update_skipped`. A skipped
+        step's losses after adaptation are inf or NaN (the inner loop overflowed).
+        """
+        if self.loss_scale is None:
+            apply()
+            return {}
+        used = self.loss_scale.scale.read_value()
+        return {"loss_scale": used, "update_skipped": tf.logical_not(self.loss_scale.update(grads, apply))}
+
+    def checkpoint_objects(self) -> dict:
+        """What a checkpoint must hold to resume exactly (`_checkpoint_objects`, and the loss scale)."""
+        objects = self._checkpoint_objects()
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
+
+    def _checkpoint_objects(self) -> dict:
+        return {"model": self.model}
 
     def task_loss(self, outputs, labels):
         """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
@@ -106,7 +147,48 @@ class MetaLearner:
         return out
 
 
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 computation (`--mixed_precision`), as Keras' `LossScaleOptimizer`.
+
+    Gradients are taken of `loss * scale` and divided by `scale`
+    (`MetaLearner.gradient`). An update whose gradients are all finite is
+    applied, and after `growth_steps` such updates in a row the scale doubles;
+    an update with an inf or NaN is skipped and the scale halves.
+    Kept separate from the optimiser so that MAML's elementwise clipping sees
+    the unscaled meta-gradient, and the inner loop uses the same scale.
+    """
+
+    def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000):
+        super().__init__(name="loss_scale")
+        self.scale = tf.Variable(initial_scale, trainable=False, dtype=tf.float32, name="scale")
+        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
+        self.growth_steps = growth_steps
+
+    def update(self, grads: Sequence, apply: Callable[[], None]) -> tf.Tensor:
+        """Runs `apply()` if every gradient is finite and adjusts the scale; returns whether it applied."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+        def good():
+            apply()
+            grow = self.good_steps + 1 >= self.growth_steps
+            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
+            self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1))
+            return tf.constant(True)
+
+        def bad():
+            self.scale.assign(tf.maximum(self.scale * 0.5, 1.0))
+            self.good_steps.assign(0)
+            return tf.constant(False)
+
+        return tf.cond(finite, good, bad)
+
+
 # ------------------------------------------------------------------ helpers
+def computes_in_float16(model: keras.Model) -> bool:
+    """Whether a layer of `model` computes in float16 (a `mixed_float16` policy): loss scaling is then on."""
+    return any(layer.compute_dtype == "float16" for layer in model._flatten_layers(include_self=False))
+
+
 def cast_floats(structure, dtype):
     def cast(t):
         return tf.cast(t, dtype) if t.dtype.is_floating and t.dtype != dtype else t

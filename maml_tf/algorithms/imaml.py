@@ -147,10 +147,9 @@ class IMAML(MetaLearner):
                    cg_damping=config.imaml_cg_damping, lam_damping=config.imaml_lam_damping,
                    hf_cg_steps=config.imaml_hf_cg_steps, metric_fn=metric_fn, meta_lr=config.meta_lr)
 
-    def checkpoint_objects(self) -> Dict[str, object]:
+    def _checkpoint_objects(self) -> Dict[str, object]:
         return {"model": self.model, "optimizer": self.optimizer}
 
-    # --------------------------------------------------------------- pieces
     # --------------------------------------------------------------- pieces
     def loss_and_grad(self, weights: Sequence, x, y):
         """Loss at `weights` and its gradient with respect to the adapted entries."""
@@ -158,7 +157,7 @@ class IMAML(MetaLearner):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
             loss = self.task_loss(self.forward(weights, x), y)
-        return loss, tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, self.gradient(tape, loss, adapted)
 
     def hvp(self, weights: Sequence, x, y, vector: Sequence[tf.Tensor]) -> list:
         """Hessian of the loss of `(x, y)` at `weights` (adapted entries) times `vector` (double backward)."""
@@ -167,7 +166,7 @@ class IMAML(MetaLearner):
             outer.watch(adapted)
             _, grads = self.loss_and_grad(self.split.replace(weights, adapted), x, y)
             gv = _dot(grads, vector)
-        return outer.gradient(gv, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return self.gradient(outer, gv, adapted)
 
     def regularized(self, theta_a: Sequence, weights: Sequence, x, y):
         """`G` and its gradient: support loss + lam/2 ||phi - theta||^2 over the adapted entries."""
@@ -261,7 +260,7 @@ class IMAML(MetaLearner):
         """One outer Adam step on the mean implicit meta-gradient. `num_steps` is ignored."""
         del num_steps
         grads, results = self.meta_gradients(batch)
-        self.optimizer.apply(grads, self.model.trainable_variables)
+        results.update(self.apply_update(grads, lambda: self.optimizer.apply(grads, self.model.trainable_variables)))
         return results
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:

@@ -132,7 +132,7 @@ class MAML(MetaLearner):
                    meta_lr=config.meta_lr, batch_tasks=None if config.batch_tasks else False,
                    task_groups=config.task_groups or None)
 
-    def checkpoint_objects(self) -> Dict[str, object]:
+    def _checkpoint_objects(self) -> Dict[str, object]:
         """What a checkpoint must hold to resume exactly: weights and both Adam states."""
         return {"model": self.model, "optimizer": self.optimizer, "pretrain_optimizer": self.pretrain_optimizer}
 
@@ -149,7 +149,7 @@ class MAML(MetaLearner):
             tape.watch(adapted)
             outputs = self.forward(weights, x)
             loss = self.task_loss(outputs, y)
-        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = self.gradient(tape, loss, adapted)
         if self.first_order:
             grads = [tf.stop_gradient(g) for g in grads]
         fast = [w - self.inner_lr * g for w, g in zip(adapted, grads)]
@@ -250,7 +250,7 @@ class MAML(MetaLearner):
                 tape.watch(weights)
                 out = self.task_forward(weights, *data, num_steps=num_steps, query_steps=query_steps)
                 objective = out["query_losses"][query_steps.index(self.objective_step)]
-            grads = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = self.gradient(tape, objective, weights)
             return {**{k: out[k] for k in keys}, "grads": grads}
 
         per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
@@ -276,7 +276,7 @@ class MAML(MetaLearner):
                                              for i in range(len(query_steps))], 1)
         out = {k: out[k] for k in self._result_keys()}
         if with_gradients:
-            out["grads"] = tape.gradient(objective, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            out["grads"] = self.gradient(tape, objective, weights)
         return out
 
     def _groups(self, batch: TaskBatch) -> list:
@@ -301,8 +301,7 @@ class MAML(MetaLearner):
                 outputs = net(fast, batch.support_x)  # [tasks, N, out]
                 losses = self._task_losses(outputs, batch.support_y)  # [tasks]
             # Task t's loss depends on task t's weights only: each slice is that task's gradient.
-            grads = inner.gradient(losses, adapted,  # Of the sum.
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = self.gradient(inner, losses, adapted)  # Of the sum.
             if self.first_order:
                 grads = [tf.stop_gradient(g) for g in grads]
             fast = split.replace(fast, [w - self.inner_lr * g for w, g in zip(adapted, grads)])
@@ -352,7 +351,8 @@ class MAML(MetaLearner):
         results hold `objective_loss` (see `batch_forward`). The update is the same.
         """
         grads, results = self.meta_gradients(batch, num_steps=num_steps)
-        self.optimizer.apply(self.clip(grads), self.model.trainable_variables)
+        grads = self.clip(grads)
+        results.update(self.apply_update(grads, lambda: self.optimizer.apply(grads, self.model.trainable_variables)))
         if self.update_moving_statistics:
             refresh_statistics(self.model, TaskBatch(*batch).support_x, self.training)
         return results
@@ -366,10 +366,10 @@ class MAML(MetaLearner):
             losses = tf.map_fn(lambda t: self.task_loss(self.forward(weights, t[0]), t[1]),
                                (batch.support_x, batch.support_y), fn_output_signature=self.dtype)
             loss = tf.reduce_mean(losses)
-        grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = self.gradient(tape, loss, weights)
         # The original's pretrain_op is a plain Adam minimize: no clipping.
-        self.pretrain_optimizer.apply(grads, self.model.trainable_variables)
-        return {"total_loss1": loss}
+        applied = self.apply_update(grads, lambda: self.pretrain_optimizer.apply(grads, self.model.trainable_variables))
+        return {"total_loss1": loss, **applied}
 
     def _evaluate(self, batch: TaskBatch, num_steps: int):
         """Pre-update and per-step post-update results, without any update."""

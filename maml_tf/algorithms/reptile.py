@@ -138,7 +138,7 @@ class Reptile(MetaLearner):
                    transductive=config.reptile_transductive, foml=config.reptile_foml,
                    foml_tail=config.reptile_foml_tail or None, metric_fn=metric_fn, seed=config.seed)
 
-    def checkpoint_objects(self) -> Dict[str, tf.Module]:
+    def _checkpoint_objects(self) -> Dict[str, tf.Module]:
         """What a checkpoint must hold to resume exactly."""
         return {"model": self.model, "inner_optimizer": self.inner_state, "meta_iterations": self.iterations,
                 "sampler": self.rng}
@@ -179,7 +179,7 @@ class Reptile(MetaLearner):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
             loss = self.task_loss(self.forward(self.split.replace(weights, adapted), x), y)
-        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = self.gradient(tape, loss, adapted)
         if self.sgd:
             return self.split.replace(weights, [w - self.inner_lr * g for w, g in zip(adapted, grads)]), state, loss
         m, v, steps = state
@@ -282,8 +282,12 @@ class Reptile(MetaLearner):
         del num_steps
         grads, results = self.meta_gradients(batch)
         epsilon = self.meta_step_size(self.iterations)
-        for var, g in zip(self.model.trainable_variables, grads):
-            var.assign_sub(tf.cast(epsilon, g.dtype) * g)
+
+        def apply():
+            for var, g in zip(self.model.trainable_variables, grads):
+                var.assign_sub(tf.cast(epsilon, g.dtype) * g)
+
+        results.update(self.apply_update(grads, apply))
         self.iterations.assign_add(1)
         return results
 
