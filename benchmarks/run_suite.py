@@ -34,6 +34,10 @@ SPEED = {
     "omniglot5_maml_all_threads": ("omniglot5", ["intra_op_threads=0"], (0.214, 1.1)),
     "omniglot20_maml_map_fn": ("omniglot20", ["batch_tasks=False"], (0.79, 2.0)),
     "miniimagenet_maml_map_fn": ("miniimagenet", ["batch_tasks=False"], (1.26, 3.3)),
+    # XLA (one task group): the small sinusoid graph gains, conv nets lose on a CPU.
+    "sinusoid_maml_xla": ("sinusoid", ["jit_compile=True"], (0.0039, 0.59)),
+    # float16 (meant for GPUs; on a CPU the conv net runs per task, in slow float16 kernels).
+    "omniglot5_maml_mixed": ("omniglot5", ["mixed_precision=True"], (0.214, 1.1)),
     # The authors' Omniglot 5-way 1-shot settings of each algorithm.
     "omniglot5_reptile": ("omniglot5", ["algorithm=reptile", "meta_batch_size=5", "reptile_train_shots=10",
                                         "reptile_inner_batch=10", "reptile_inner_iters=5"], None),

@@ -20,8 +20,12 @@ meta-gradients against `functional_call` per task.
 Supported layers: Conv2D (channels-last, no dilation or groups),
 Dense (on `[batch, features]`), BatchNormTF1, LayerNormTF1, MaxPooling2D,
 AveragePooling2D, GlobalAveragePooling2D, Flatten, and the elementwise
-activation layers (ReLU, LeakyReLU, ELU, Activation). `unsupported_reason`
-says why another model is not, and the algorithms then fall back to the
+activation layers (ReLU, LeakyReLU, ELU, Activation). Under a mixed
+precision policy, dense layers run in their compute dtype (float16) and
+normalisation moments in float32; convolutions must compute in float32
+(TensorFlow's CPU kernels differentiate grouped convolutions in float32 only,
+and the float16 grouped path is untested on GPUs). `unsupported_reason` says
+why another model is not supported, and the algorithms then fall back to the
 per-task loop.
 """
 

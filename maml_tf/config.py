@@ -61,7 +61,7 @@ class Config:
     progress: bool = True
     # Speed (results are the same either way).
     batch_tasks: bool = True  # MAML: a meta-batch's tasks at once (maml_tf.batched) where the network allows.
-    task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU).
+    task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU or XLA).
     intra_op_threads: int = 1  # Threads per TensorFlow op; 0: TensorFlow's default (every core).
     jit_compile: bool = False  # XLA-compile the train and evaluation steps.
     mixed_precision: bool = False  # float16 compute (Keras 'mixed_float16'), float32 variables, loss scaling.

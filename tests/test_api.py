@@ -138,6 +138,25 @@ def test_mixed_precision_policy_gives_float32_losses():
     assert results["objective_loss"].dtype == tf.float32 and np.isfinite(results["objective_loss"].numpy())
 
 
+def test_metamodel_under_a_float16_policy_scales_losses_itself():
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        meta = MetaModel(mlp(), "maml", loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                         metrics=["accuracy"], inner_lr=0.2, num_inner_steps=1)
+        meta.compile(optimizer=keras.optimizers.Adam(1e-3))  # Keras would wrap it in a LossScaleOptimizer.
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert type(meta.optimizer) is keras.optimizers.Adam and meta.learner.loss_scale is not None
+    rng = np.random.default_rng(6)
+    x, labels = rng.random((60, 6)).astype("float32"), np.repeat(np.arange(6), 10)
+    tasks = classification_tasks(x, labels, num_ways=3, num_shots=2, num_query=2, meta_batch_size=2, seed=0)
+    history = meta.fit(tasks, epochs=1, steps_per_epoch=3, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and int(meta.optimizer.iterations) == 3
+    with pytest.raises(ValueError, match="plain optimizer"):
+        meta.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()))
+
+
 def test_fit_with_callbacks_and_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(5)
     x = rng.random((90, 6)).astype("float32")

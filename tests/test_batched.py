@@ -1,5 +1,7 @@
 """Task-batched networks (`maml_tf.batched`) compute exactly the per-task computation."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -161,3 +163,16 @@ def test_unknown_number_of_tasks():
     batch = class_batch(np.random.default_rng(4), 5, (8, 8, 1), shots=1)
     np.testing.assert_allclose(float(traced(batch)), float(algo.meta_gradients(batch)[1]["objective_loss"]),
                                rtol=1e-5)
+
+
+def test_default_task_groups_two_per_core_on_a_cpu_one_under_xla():
+    model = networks.build_fc((1,), 1, [4], "None")
+    algo = MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, batch_tasks=True)
+    rng = np.random.default_rng(5)
+    x = lambda: tf.constant(rng.random((25, 3, 1), np.float32))
+    batch = TaskBatch(x(), x(), x(), x())
+    cpu_only = not tf.config.list_physical_devices("GPU")
+    assert len(algo._groups(batch)) == (min(2 * os.cpu_count(), 25) if cpu_only else 1)
+    algo.compile(jit_compile=True)
+    assert len(algo._groups(batch)) == 1
+    assert len(MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, task_groups=3)._groups(batch)) == 3

@@ -70,6 +70,7 @@ class MetaLearner:
             to float rounding; on the 2-core CPU benchmark machine XLA was 4.6x
             slower for Omniglot 5-way MAML, so it is meant for accelerators.
         """
+        self.jit_compile = jit_compile
         for name in self.compiled_steps:
             setattr(self, name, tf.function(getattr(self, "_" + name), jit_compile=jit_compile))
 
