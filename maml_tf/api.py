@@ -224,8 +224,7 @@ class MetaModel(keras.Model):
         batch = _to_task_batch(data)
         grads, results = self.learner.meta_gradients(batch)
         grads = self.learner.clip(grads)
-        results.update(self.learner.apply_update(
-            grads, lambda: self.optimizer.apply(grads, self.base_model.trainable_variables)))
+        results.update(self.learner.apply_optimizer(self.optimizer, grads))  # The learner's model is base_model.
         if self.learner.update_moving_statistics:
             refresh_statistics(self.base_model, batch.support_x, self.learner.training)
         return self._logs(results)

@@ -260,7 +260,7 @@ class IMAML(MetaLearner):
         """One outer Adam step on the mean implicit meta-gradient. `num_steps` is ignored."""
         del num_steps
         grads, results = self.meta_gradients(batch)
-        results.update(self.apply_update(grads, lambda: self.optimizer.apply(grads, self.model.trainable_variables)))
+        results.update(self.apply_optimizer(self.optimizer, grads))
         return results
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:

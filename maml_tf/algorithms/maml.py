@@ -356,7 +356,7 @@ class MAML(MetaLearner):
         """
         grads, results = self.meta_gradients(batch, num_steps=num_steps)
         grads = self.clip(grads)
-        results.update(self.apply_update(grads, lambda: self.optimizer.apply(grads, self.model.trainable_variables)))
+        results.update(self.apply_optimizer(self.optimizer, grads))
         if self.update_moving_statistics:
             refresh_statistics(self.model, TaskBatch(*batch).support_x, self.training)
         return results
@@ -372,8 +372,7 @@ class MAML(MetaLearner):
             loss = tf.reduce_mean(losses)
         grads = self.gradient(tape, loss, weights)
         # The original's pretrain_op is a plain Adam minimize: no clipping.
-        applied = self.apply_update(grads, lambda: self.pretrain_optimizer.apply(grads, self.model.trainable_variables))
-        return {"total_loss1": loss, **applied}
+        return {"total_loss1": loss, **self.apply_optimizer(self.pretrain_optimizer, grads)}
 
     def _evaluate(self, batch: TaskBatch, num_steps: int):
         """Pre-update and per-step post-update results, without any update."""
