@@ -3,6 +3,7 @@
     python benchmarks/run_suite.py                      # the speed table (issue 8 cases, every algorithm)
     python benchmarks/run_suite.py --suite=imaml_memory # iMAML vs MAML vs first-order MAML, 5-50 inner steps
     python benchmarks/run_suite.py --only=omniglot5_maml,omniglot5_fomaml --iterations=10
+    python benchmarks/run_suite.py --repeats=3          # on a noisy machine: median of 3 runs per case
 
 Each case runs `bench_meta_iteration.py` in a fresh Python process, so the
 peak resident memory is that case's alone. Results go to
@@ -14,6 +15,7 @@ are given for the cases that exist there.
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +66,8 @@ flags.DEFINE_list("only", [], "run only these cases.")
 flags.DEFINE_integer("iterations", 30, "timed iterations per case (median reported; sinusoid cases at least "
                      f"{SINUSOID_ITERATIONS}).")
 flags.DEFINE_integer("warmup", 3, "untimed iterations per case.")
+flags.DEFINE_integer("repeats", 1, "runs of each case, round-robin; the table gives the median of their medians, "
+                     "the min and max over all their iterations and the largest peak memory.")
 flags.DEFINE_string("out", os.path.join(HERE, "results"), "output folder.")
 FLAGS = flags.FLAGS
 
@@ -81,20 +85,40 @@ def run_case(preset, overrides):
     return json.loads(proc.stdout.strip().splitlines()[-1]), cmd
 
 
+def combine(runs):
+    """One report from repeated runs of a case: the median of their medians, the extremes, the largest peak."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    report = dict(ok[0])
+    report.update(median_s=statistics.median(r["median_s"] for r in ok),
+                  run_medians_s=[r["median_s"] for r in ok], min_s=min(r["min_s"] for r in ok),
+                  max_s=max(r["max_s"] for r in ok), peak_rss_gb=max(r["peak_rss_gb"] for r in ok))
+    return report
+
+
 def main(_):
     cases = SUITES[FLAGS.suite]
     names = FLAGS.only or list(cases)
+    runs = {name: [] for name in names}
+    commands = {}
+    for repeat in range(FLAGS.repeats):  # Round-robin, so that a slow spell of the machine hits every case.
+        for name in names:
+            preset, overrides, _ = cases[name]
+            start = time.time()
+            report, commands[name] = run_case(preset, overrides)
+            runs[name].append(report)
+            print(f"{name} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
+                  f"{report.get('peak_rss_gb')} GB ({time.time() - start:.0f} s)", flush=True)
     results = []
     for name in names:
-        preset, overrides, original = cases[name]
-        start = time.time()
-        report, cmd = run_case(preset, overrides)
-        report.update(case=name, command=" ".join(["python", "benchmarks/bench_meta_iteration.py"] + cmd[2:]))
+        report = combine(runs[name])
+        report.update(case=name, command=" ".join(["python", "benchmarks/bench_meta_iteration.py"]
+                                                  + commands[name][2:]))
+        original = cases[name][2]
         if original:
             report["original_s"], report["original_gb"] = original
         results.append(report)
-        print(f"{name}: {report.get('median_s', report.get('error'))} s, {report.get('peak_rss_gb')} GB "
-              f"({time.time() - start:.0f} s)", flush=True)
     device = results[0].get("device", "CPU") if results else "CPU"
     os.makedirs(FLAGS.out, exist_ok=True)
     stem = os.path.join(FLAGS.out, f"{FLAGS.suite}-{device.lower()}")
@@ -102,7 +126,8 @@ def main(_):
     with open(stem + ".json", "w") as f:
         json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "results": results}, f, indent=1)
     lines = [f"Machine: {machine}; {time.strftime('%Y-%m-%d')}; median of {FLAGS.iterations} iterations "
-             f"(sinusoid: {max(FLAGS.iterations, SINUSOID_ITERATIONS)}) after {FLAGS.warmup} warm-up.", "",
+             f"(sinusoid: {max(FLAGS.iterations, SINUSOID_ITERATIONS)}) after {FLAGS.warmup} warm-up"
+             + (f"; median over {FLAGS.repeats} runs of each case." if FLAGS.repeats > 1 else "."), "",
              "| case | s / iteration (median) | min | max | peak RSS GB | original s | original GB | speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
