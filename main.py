@@ -97,7 +97,10 @@ flags.DEFINE_integer("imaml_hf_cg_steps", 5, "CG steps per Newton iteration (hes
 
 ## Speed (the results are the same with any of these).
 flags.DEFINE_bool("batch_tasks", True, "MAML: run a meta-batch's tasks at once (grouped convolutions, batched "
-                  "matmuls) where the network allows; False: one by one with tf.map_fn, as the original.")
+                  "matmuls) where the network allows and it was faster (see --batched_conv_max_support); False: one "
+                  "by one with tf.map_fn, as the original.")
+flags.DEFINE_integer("batched_conv_max_support", 10, "with --batch_tasks: conv nets run task-batched only when a task "
+                     "has fewer support examples than this (0: always); larger tasks were faster one by one.")
 flags.DEFINE_integer("task_groups", 0, "with --batch_tasks: groups of tasks run in parallel; 0: two per CPU core "
                      "(1 on a GPU or with --jit_compile).")
 flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use; 1 (default) runs independent "

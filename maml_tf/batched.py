@@ -105,6 +105,7 @@ class TaskBatchedNetwork:
             raise ValueError(f"Model {model.name!r} cannot run task-batched: {reason}.")
         self.model = model
         self.layers = _chain(model)
+        self.convolutional = any(isinstance(layer, keras.layers.Conv2D) for layer in self.layers)
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
         # Per layer: the indices of its weights; per weight: grouped (conv stage) or task layout.
         self.weight_indices: List[List[int]] = []

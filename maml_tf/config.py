@@ -61,6 +61,7 @@ class Config:
     progress: bool = True
     # Speed (results are the same either way).
     batch_tasks: bool = True  # MAML: a meta-batch's tasks at once (maml_tf.batched) where the network allows.
+    batched_conv_max_support: int = 10  # ... conv nets only below this many support examples per task (0: always).
     task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU or XLA).
     intra_op_threads: int = 1  # Threads per TensorFlow op; 0: TensorFlow's default (every core).
     jit_compile: bool = False  # XLA-compile the train and evaluation steps.
@@ -114,9 +115,9 @@ class Config:
         for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
-        for name in ("task_groups", "intra_op_threads"):
+        for name in ("task_groups", "intra_op_threads", "batched_conv_max_support"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must be 0 (automatic) or more; got {getattr(self, name)}.")
+                raise ConfigError(f"--{name} must be 0 or more; got {getattr(self, name)}.")
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be non-negative; got {getattr(self, name)}.")

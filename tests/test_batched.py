@@ -176,3 +176,17 @@ def test_default_task_groups_two_per_core_on_a_cpu_one_under_xla():
     algo.compile(jit_compile=True)
     assert len(algo._groups(batch)) == 1
     assert len(MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, task_groups=3)._groups(batch)) == 3
+
+
+def test_conv_nets_run_task_batched_by_default_only_for_small_support_sets():
+    conv = networks.build_conv((8, 8, 1), 3, 4, "batch_norm", False, "mean")
+    fc = networks.build_fc((1,), 1, [4], "None")
+    tasks = lambda model, n: TaskBatch(*[tf.zeros((2, n) + tuple(model.inputs[0].shape[1:]))] * 4)
+
+    def runs_batched(model, n, **options):
+        return MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, **options).runs_batched(tasks(model, n))
+
+    assert runs_batched(conv, 9) and not runs_batched(conv, 10)
+    assert runs_batched(conv, 30, batched_conv_max_support=0) and runs_batched(conv, 30, batch_tasks=True)
+    assert not runs_batched(conv, 5, batch_tasks=False)
+    assert runs_batched(fc, 100)

@@ -42,8 +42,8 @@ def default_task_groups(jit_compile: bool = False) -> int:
     On the 2-core benchmark machine with one thread per op, Omniglot 5-way took
     0.10-0.15 s with 4 groups, 0.12-0.14 s with 2 or 8 and 0.17 s with 32 (the
     runs vary that much); MiniImagenet (4 tasks) 1.41 s with 4 groups, 1.83 s
-    with 2; XLA-compiled sinusoid steps 0.00105-0.00116 s with one group,
-    0.00153-0.00158 s with 2. See README, Speed and memory.
+    with 2; XLA-compiled sinusoid steps a median 0.00125 s over seven runs with
+    one group, 0.00153-0.00158 s with 2. See README, Speed and memory.
     """
     if jit_compile or tf.config.list_physical_devices("GPU"):
         return 1
@@ -83,7 +83,14 @@ class MAML(MetaLearner):
         matmuls, each task with its own fast weights) instead of looping over
         them with `tf.map_fn`. Same mathematics, fewer and larger operations.
         Default (None): whenever the model is supported (a chain of the layers
-        the original networks use); True raises if it is not.
+        the original networks use) and, for conv nets, a task has fewer than
+        `batched_conv_max_support` support examples; True: always, and raises
+        if the model is not supported.
+      batched_conv_max_support: see `batch_tasks`; 0: no limit. On the 2-core
+        CPU task-batched conv nets were faster for small support sets only:
+        Omniglot 5-way 1-shot (5 examples) 0.134 s against 0.149 s with
+        map_fn, 20-way 1-shot (20 examples) 0.915 s against 0.799 s and 1.57
+        against 1.33 GB (medians of 3 suite runs; README, Speed and memory).
       task_groups: with `batch_tasks`, split the meta-batch into this many
         groups of tasks, batched within and run in parallel (on a CPU each
         core is fastest on its own groups). Default: `default_task_groups()`
@@ -98,7 +105,7 @@ class MAML(MetaLearner):
                  clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
                  meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
                  return_outputs: bool = True, batch_tasks: Optional[bool] = None,
-                 task_groups: Optional[int] = None):
+                 task_groups: Optional[int] = None, batched_conv_max_support: int = 10):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
@@ -117,6 +124,7 @@ class MAML(MetaLearner):
         if batch_tasks and reason is not None:
             raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
         self.batched = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
+        self.batch_tasks, self.batched_conv_max_support = batch_tasks, int(batched_conv_max_support)
         self.task_groups = None if task_groups is None else int(task_groups)
         self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
         self.compile()
@@ -133,7 +141,8 @@ class MAML(MetaLearner):
         return cls(model, loss_fn, inner_lr=config.update_lr, num_inner_steps=config.num_updates,
                    first_order=config.first_order, metric_fn=metric_fn, clip_value=config.clip_value,
                    meta_lr=config.meta_lr, batch_tasks=None if config.batch_tasks else False,
-                   task_groups=config.task_groups or None)
+                   task_groups=config.task_groups or None,
+                   batched_conv_max_support=config.batched_conv_max_support)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         """What a checkpoint must hold to resume exactly: weights and both Adam states."""
@@ -217,7 +226,7 @@ class MAML(MetaLearner):
         lean = num_steps is None
         num_steps = self.num_inner_steps if lean else num_steps
         query_steps = [self.objective_step] if lean else list(range(num_steps))
-        if self.batched is not None:
+        if self.runs_batched(batch):
             per_task = self._batched_tasks(weights, batch, num_steps, query_steps, with_gradients)
         else:
             per_task = self._mapped_tasks(weights, batch, num_steps, query_steps, with_gradients)
@@ -229,6 +238,15 @@ class MAML(MetaLearner):
             per_task.pop("total_losses2")
             per_task.pop("total_accuracies2", None)
         return per_task
+
+    def runs_batched(self, batch: TaskBatch) -> bool:
+        """Whether `batch_forward` runs `batch`'s tasks at once (`self.batched`) or maps over them."""
+        if self.batched is None or self.batch_tasks:
+            return self.batched is not None
+        if not self.batched.convolutional or not self.batched_conv_max_support:
+            return True
+        examples = TaskBatch(*batch).support_x.shape[1]
+        return examples is not None and examples < self.batched_conv_max_support
 
     def _result_keys(self) -> list:
         keys = ["support_loss", "query_losses"]
