@@ -95,7 +95,7 @@ flags.DEFINE_float("imaml_cg_damping", 1.0, "CG matrix (1 + d) v + H v / (lam + 
 flags.DEFINE_float("imaml_lam_damping", 10.0, "added to lambda in the CG matrix, as the authors' code.")
 flags.DEFINE_integer("imaml_hf_cg_steps", 5, "CG steps per Newton iteration (hessian_free).")
 
-## Speed (the results are the same with any of these).
+## Speed (the results are the same with any of these but --mixed_precision, which rounds to float16).
 flags.DEFINE_bool("batch_tasks", True, "MAML: run a meta-batch's tasks at once (grouped convolutions, batched "
                   "matmuls) where the network allows and it was faster (see --batched_conv_max_support); False: one "
                   "by one with tf.map_fn, as the original.")
@@ -107,7 +107,7 @@ flags.DEFINE_integer("intra_op_threads", 1, "threads each TensorFlow op may use;
                      "ops (tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")
 
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and evaluation steps (on the 2-core CPU benchmark: "
-                  "sinusoid 1.7x faster, Omniglot conv net 4.6x slower).")
+                  "sinusoid about 1.6x faster, Omniglot conv net 4.6x slower).")
 flags.DEFINE_bool("mixed_precision", False, "compute in float16 with float32 variables, losses, fast-weight updates "
                   "and batch-norm moments, and dynamic loss scaling (for GPUs; results differ from float32 by "
                   "float16 rounding).")
