@@ -241,9 +241,9 @@ class MAML(MetaLearner):
 
     def runs_batched(self, batch: TaskBatch) -> bool:
         """Whether `batch_forward` runs `batch`'s tasks at once (`self.batched`) or maps over them."""
-        if self.batched is None or self.batch_tasks:
-            return self.batched is not None
-        if not self.batched.convolutional or not self.batched_conv_max_support:
+        if self.batched is None:
+            return False
+        if self.batch_tasks or not self.batched.convolutional or not self.batched_conv_max_support:
             return True
         examples = TaskBatch(*batch).support_x.shape[1]
         return examples is not None and examples < self.batched_conv_max_support
