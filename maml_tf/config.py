@@ -59,7 +59,7 @@ class Config:
     omniglot_source: str = "folder"  # 'folder' (data_dir/omniglot_resized) or 'tfds'.
     tfds_data_dir: Optional[str] = None  # tensorflow-datasets folder for omniglot_source='tfds'.
     progress: bool = True
-    # Speed (results are the same either way).
+    # Speed (results are the same either way, but mixed_precision rounds to float16).
     batch_tasks: bool = True  # MAML: a meta-batch's tasks at once (maml_tf.batched) where the network allows.
     batched_conv_max_support: int = 10  # ... conv nets only below this many support examples per task (0: always).
     task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU or XLA).

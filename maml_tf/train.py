@@ -213,7 +213,9 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                 label = f"Pretrain Iteration {itr}" if itr < pretrain else f"Iteration {itr - pretrain}"
                 progress.close()
                 note = f", {skipped} updates skipped by loss scaling" if skipped else ""
-                print(f"{label}: {np.mean(prelosses)}, {np.mean(postlosses)}  "
+                # With Omniglot's intervals the only summary of an interval may be a skipped step.
+                means = f"{np.mean(prelosses)}, {np.mean(postlosses)}" if prelosses else "no summary (skipped)"
+                print(f"{label}: {means}  "
                       f"[{progress.rate(itr):.1f} it/s, ETA {progress.eta(itr)}{note}]", flush=True)
                 prelosses, postlosses, skipped = [], [], 0
             if itr != 0 and itr % SAVE_INTERVAL == 0:
