@@ -31,15 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from maml_tf.config import Config  # noqa: E402
-
-PRESETS = {  # The original README's settings.
-    "sinusoid": dict(datasource="sinusoid", norm="None", update_batch_size=10, meta_batch_size=25),
-    "omniglot5": dict(datasource="omniglot", meta_batch_size=32, update_batch_size=1, update_lr=0.4, num_updates=1),
-    "omniglot20": dict(datasource="omniglot", num_classes=20, meta_batch_size=16, update_batch_size=1,
-                       update_lr=0.1, num_updates=5),
-    "miniimagenet": dict(datasource="miniimagenet", meta_batch_size=4, update_batch_size=1, update_lr=0.01,
-                         num_updates=5, num_filters=32, max_pool=True),
-}
+from presets import PRESETS  # noqa: E402
 
 flags.DEFINE_enum("preset", "sinusoid", list(PRESETS), "configuration to time.")
 flags.DEFINE_list("set", [], "Config overrides, key=value (e.g. algorithm=reptile,meta_batch_size=5).")

@@ -4,12 +4,17 @@
     python benchmarks/run_suite.py --suite=imaml_memory # iMAML vs MAML vs first-order MAML, 5-50 inner steps
     python benchmarks/run_suite.py --only=omniglot5_maml,omniglot5_fomaml --iterations=10
     python benchmarks/run_suite.py --repeats=3          # on a noisy machine: median of 3 runs per case
+    python benchmarks/run_suite.py --original_dir=/tmp/cbfinn-maml  # time the original code too, side by side
 
 Each case runs `bench_meta_iteration.py` in a fresh Python process, so the
 peak resident memory is that case's alone. Results go to
 `benchmarks/results/<suite>-<device>.{json,md}`; the Markdown table is the one
-the README shows. The original code's figures (2 CPU cores, TF 2.21, oneDNN)
-are given for the cases that exist there.
+the README shows. The original code's figures from issue 8 (2 CPU cores, TF
+2.21, oneDNN) are given for the cases that exist there. With `--original_dir`
+(a checkout of github.com/cbfinn/maml) the original code's step is also timed
+in this run (`bench_original.py`, round-robin with the port's cases), and the
+table gives the speed-up against it as well: the machine's speed drifts by
+about 20% within an hour, so only a ratio measured side by side is firm.
 """
 
 import json
@@ -69,15 +74,24 @@ flags.DEFINE_integer("iterations", 30, "timed iterations per case (median report
 flags.DEFINE_integer("warmup", 3, "untimed iterations per case.")
 flags.DEFINE_integer("repeats", 1, "runs of each case, round-robin; the table gives the median of their medians, "
                      "the min and max over all their iterations and the largest peak memory.")
+flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml: time the original code too.")
 flags.DEFINE_string("out", os.path.join(HERE, "results"), "output folder.")
 FLAGS = flags.FLAGS
 
 
-def run_case(preset, overrides):
+def original_of(case):
+    """The original code's counterpart of a case (`(preset, overrides)`), or None."""
+    preset, overrides, figures = case
+    return (preset, tuple(o for o in overrides if o == "stop_grad=True")) if figures else None
+
+
+def run_case(preset, overrides, script="bench_meta_iteration.py"):
     # Millisecond sinusoid steps vary by 2x between runs of 30 iterations: time more of them.
     iterations = max(FLAGS.iterations, SINUSOID_ITERATIONS) if preset == "sinusoid" else FLAGS.iterations
-    cmd = [sys.executable, os.path.join(HERE, "bench_meta_iteration.py"), f"--preset={preset}",
+    cmd = [sys.executable, os.path.join(HERE, script), f"--preset={preset}",
            f"--iterations={iterations}", f"--warmup={FLAGS.warmup}"]
+    if script == "bench_original.py":
+        cmd.append(f"--original_dir={FLAGS.original_dir}")
     if overrides:
         cmd.append("--set=" + ",".join(overrides))
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -101,24 +115,33 @@ def combine(runs):
 def main(_):
     cases = SUITES[FLAGS.suite]
     names = FLAGS.only or list(cases)
-    runs = {name: [] for name in names}
+    originals = []
+    if FLAGS.original_dir:
+        originals = list(dict.fromkeys(filter(None, (original_of(cases[name]) for name in names))))
+    jobs = [(name, *cases[name][:2], "bench_meta_iteration.py") for name in names]
+    jobs += [(original, *original, "bench_original.py") for original in originals]
+    runs = {job[0]: [] for job in jobs}
     commands = {}
     for repeat in range(FLAGS.repeats):  # Round-robin, so that a slow spell of the machine hits every case.
-        for name in names:
-            preset, overrides, _ = cases[name]
+        for key, preset, overrides, script in jobs:
             start = time.time()
-            report, commands[name] = run_case(preset, overrides)
-            runs[name].append(report)
-            print(f"{name} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
+            report, commands[key] = run_case(preset, list(overrides), script)
+            runs[key].append(report)
+            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)}"
+            print(f"{label} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
                   f"{report.get('peak_rss_gb')} GB ({time.time() - start:.0f} s)", flush=True)
+    command = lambda key: " ".join(["python", os.path.relpath(commands[key][1], os.path.dirname(HERE))]
+                                   + commands[key][2:])
     results = []
     for name in names:
         report = combine(runs[name])
-        report.update(case=name, command=" ".join(["python", "benchmarks/bench_meta_iteration.py"]
-                                                  + commands[name][2:]))
-        original = cases[name][2]
-        if original:
-            report["original_s"], report["original_gb"] = original
+        report.update(case=name, command=command(name))
+        if cases[name][2]:
+            report["original_s"], report["original_gb"] = cases[name][2]
+        original = original_of(cases[name])
+        if original in runs:
+            measured = combine(runs[original])
+            report["original_this_run"] = {**measured, "command": command(original)}
         results.append(report)
     device = results[0].get("device", "CPU") if results else "CPU"
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -129,16 +152,25 @@ def main(_):
     lines = [f"Machine: {machine}; {time.strftime('%Y-%m-%d')}; median of {FLAGS.iterations} iterations "
              f"(sinusoid: {max(FLAGS.iterations, SINUSOID_ITERATIONS)}) after {FLAGS.warmup} warm-up"
              + (f"; median over {FLAGS.repeats} runs of each case." if FLAGS.repeats > 1 else "."), "",
-             "| case | s / iteration (median) | min | max | peak RSS GB | original s | original GB | speed-up |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | s / iteration (median) | min | max | peak RSS GB | original s (issue 8) | original GB "
+             "| speed-up | original s, this run | original GB, this run | speed-up, this run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['case']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['case']} | error: {r['error']} |" + " |" * 9)
             continue
         orig = (r.get("original_s"), r.get("original_gb"))
         ratio = f"{orig[0] / r['median_s']:.2f}x" if orig[0] else ""
+        same = r.get("original_this_run", {})
+        if "error" in same:
+            same_cells = f"error: {same['error']} | | "
+        elif same:
+            same_cells = (f"{same['median_s']:.4g} | {same['peak_rss_gb']:.2f} | "
+                          f"{same['median_s'] / r['median_s']:.2f}x")
+        else:
+            same_cells = " | | "
         lines.append(f"| {r['case']} | {r['median_s']:.4g} | {r['min_s']:.4g} | {r['max_s']:.4g} | "
-                     f"{r['peak_rss_gb']:.2f} | {orig[0] or ''} | {orig[1] or ''} | {ratio} |")
+                     f"{r['peak_rss_gb']:.2f} | {orig[0] or ''} | {orig[1] or ''} | {ratio} | {same_cells} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
