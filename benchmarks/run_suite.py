@@ -12,9 +12,11 @@ peak resident memory is that case's alone. Results go to
 the README shows. The original code's figures from issue 8 (2 CPU cores, TF
 2.21, oneDNN) are given for the cases that exist there. With `--original_dir`
 (a checkout of github.com/cbfinn/maml) the original code's step is also timed
-in this run (`bench_original.py`, round-robin with the port's cases), and the
-table gives the speed-up against it as well: the machine's speed drifts by
-about 20% within an hour, so only a ratio measured side by side is firm.
+in this run (`bench_original.py`, round-robin with the port's cases), once
+with one thread per op and once with TensorFlow's default session, and the
+table gives the speed-up against the faster of the two as well: the machine's
+speed drifts by about 20% within an hour, so only a ratio measured side by
+side is firm.
 """
 
 import json
@@ -66,6 +68,7 @@ for _steps in (5, 10, 20, 50):
 
 SUITES = {"speed": SPEED, "imaml_memory": IMAML_MEMORY}
 SINUSOID_ITERATIONS = 1000
+ORIGINAL_THREADS = (1, 0)  # bench_original.py --intra_op_threads: one per op, TensorFlow's default.
 
 flags.DEFINE_enum("suite", "speed", list(SUITES), "which table.")
 flags.DEFINE_list("only", [], "run only these cases.")
@@ -85,13 +88,11 @@ def original_of(case):
     return (preset, tuple(o for o in overrides if o == "stop_grad=True")) if figures else None
 
 
-def run_case(preset, overrides, script="bench_meta_iteration.py"):
+def run_case(preset, overrides, script="bench_meta_iteration.py", extra=()):
     # Millisecond sinusoid steps vary by 2x between runs of 30 iterations: time more of them.
     iterations = max(FLAGS.iterations, SINUSOID_ITERATIONS) if preset == "sinusoid" else FLAGS.iterations
     cmd = [sys.executable, os.path.join(HERE, script), f"--preset={preset}",
-           f"--iterations={iterations}", f"--warmup={FLAGS.warmup}"]
-    if script == "bench_original.py":
-        cmd.append(f"--original_dir={FLAGS.original_dir}")
+           f"--iterations={iterations}", f"--warmup={FLAGS.warmup}", *extra]
     if overrides:
         cmd.append("--set=" + ",".join(overrides))
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -115,19 +116,20 @@ def combine(runs):
 def main(_):
     cases = SUITES[FLAGS.suite]
     names = FLAGS.only or list(cases)
-    originals = []
-    if FLAGS.original_dir:
-        originals = list(dict.fromkeys(filter(None, (original_of(cases[name]) for name in names))))
-    jobs = [(name, *cases[name][:2], "bench_meta_iteration.py") for name in names]
-    jobs += [(original, *original, "bench_original.py") for original in originals]
+    jobs = [(name, *cases[name][:2], "bench_meta_iteration.py", ()) for name in names]
+    if FLAGS.original_dir:  # The original with one thread per op (as the port) and with TF's default session.
+        originals = dict.fromkeys(filter(None, (original_of(cases[name]) for name in names)))
+        jobs += [((*original, threads), *original, "bench_original.py",
+                  (f"--original_dir={FLAGS.original_dir}", f"--intra_op_threads={threads}"))
+                 for original in originals for threads in ORIGINAL_THREADS]
     runs = {job[0]: [] for job in jobs}
     commands = {}
     for repeat in range(FLAGS.repeats):  # Round-robin, so that a slow spell of the machine hits every case.
-        for key, preset, overrides, script in jobs:
+        for key, preset, overrides, script, extra in jobs:
             start = time.time()
-            report, commands[key] = run_case(preset, list(overrides), script)
+            report, commands[key] = run_case(preset, list(overrides), script, extra)
             runs[key].append(report)
-            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)}"
+            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)} {extra[-1]}"
             print(f"{label} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
                   f"{report.get('peak_rss_gb')} GB ({time.time() - start:.0f} s)", flush=True)
     command = lambda key: " ".join(["python", os.path.relpath(commands[key][1], os.path.dirname(HERE))]
@@ -139,9 +141,13 @@ def main(_):
         if cases[name][2]:
             report["original_s"], report["original_gb"] = cases[name][2]
         original = original_of(cases[name])
-        if original in runs:
-            measured = combine(runs[original])
-            report["original_this_run"] = {**measured, "command": command(original)}
+        if FLAGS.original_dir and original:
+            # The original's faster threading, so that the speed-up is not flattered by a slow setting.
+            measured = [{**combine(runs[(*original, t)]), "command": command((*original, t))}
+                        for t in ORIGINAL_THREADS]
+            ok = [m for m in measured if "error" not in m]
+            report["original_this_run"] = min(ok, key=lambda m: m["median_s"]) if ok else measured[0]
+            report["original_all_threadings"] = measured
         results.append(report)
     device = results[0].get("device", "CPU") if results else "CPU"
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -165,7 +171,8 @@ def main(_):
         if "error" in same:
             same_cells = f"error: {same['error']} | | "
         elif same:
-            same_cells = (f"{same['median_s']:.4g} | {same['peak_rss_gb']:.2f} | "
+            same_cells = (f"{same['median_s']:.4g} ({same['intra_op_threads'] or 'default'} thread/op) | "
+                          f"{same['peak_rss_gb']:.2f} | "
                           f"{same['median_s'] / r['median_s']:.2f}x")
         else:
             same_cells = " | | "
