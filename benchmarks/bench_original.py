@@ -259,17 +259,17 @@ def check_golden(maml_module, path):
             by_name[key[5:]].load(golden[key], sess)
     feed = {placeholder: golden[name] for name, placeholder in inputs.items()}
     names = [v.name[:-2] for _, v in model.gvs]
-    grads, losses = sess.run([[g for g, _ in model.gvs], model.total_losses2], feed)
+    grad_key = "metagrad_unclipped/" if any(k.startswith("metagrad_unclipped/") for k in golden.files) else "metagrad/"
+    if grad_key == "metagrad_unclipped/":  # MiniImagenet clips the meta-gradient: compare it before clipping.
+        grad_tensors = v1.gradients(model.total_losses2[FLAGS.num_updates - 1], [v for _, v in model.gvs])
+    else:
+        grad_tensors = [g for g, _ in model.gvs]
+    grads, losses = sess.run([grad_tensors, model.total_losses2], feed)
     # Biases that batch norm follows: their meta-gradient is 0 up to float32 noise (golden README).
     keys = meta["inner_weights_dict_key_to_variable"]
     last_bias = max(int(k[1:]) for k in keys if k.startswith("b"))
     biases_before_bn = {keys[f"b{i}"] for i in range(1, last_bias)} if FLAGS.norm == "batch_norm" else set()
     rel = lambda a, b: float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
-    grad_key = "metagrad_unclipped/" if any(k.startswith("metagrad_unclipped/") for k in golden.files) else "metagrad/"
-    # The meta-gradient of MiniImagenet's clipped step is compared unclipped, as the golden README advises.
-    if grad_key == "metagrad_unclipped/":
-        unclipped = v1.gradients(model.total_losses2[FLAGS.num_updates - 1], [v for _, v in model.gvs])
-        grads = sess.run(unclipped, feed)
     grad_err = max(rel(g, golden[grad_key + n]) for g, n in zip(grads, names) if n not in biases_before_bn)
     return {"file": os.path.basename(path), "losses": rel(np.array(losses), golden["total_losses2"]),
             "meta_gradient": grad_err}
