@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.networks import BatchNormTF1, LayerNormTF1, exact_moments, normalize
+from maml_tf.networks import BatchNormTF1, LayerNormTF1, exact_normalize
 
 _ELEMENTWISE = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Activation)
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
@@ -188,21 +188,19 @@ def _apply(layer, params, h, grouped: bool, num_tasks):
         h, grouped = _to_grouped(h), True  # Images before any conv.
     if isinstance(layer, BatchNormTF1):
         if grouped:  # [N, H, W, T*C]: moments over (N, H, W) of each task's channel.
-            mean, variance = exact_moments(h, list(range(h.shape.rank - 1)))
-            return normalize(h, mean, variance, layer.epsilon, params[0]), True
-        mean, variance = exact_moments(h, list(range(1, h.shape.rank - 1)))  # [T, N, F]: over N.
-        return normalize(h, mean, variance, layer.epsilon, params[0][:, None, :]), False
+            return exact_normalize(h, list(range(h.shape.rank - 1)), layer.epsilon, params[0]), True
+        # [T, N, F]: over N.
+        return exact_normalize(h, list(range(1, h.shape.rank - 1)), layer.epsilon, params[0][:, None, :]), False
     if isinstance(layer, LayerNormTF1):
         beta, gamma = params
         if grouped:  # [N, H, W, T, C]: moments over (H, W, C) of each example and task.
             split = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [num_tasks, -1]], 0))
             channels = split.shape[-1]
-            mean, variance = exact_moments(split, [1, 2, 4])
-            out = normalize(split, mean, variance, layer.epsilon, tf.reshape(beta, [-1, channels]),
-                            tf.reshape(gamma, [-1, channels]))
+            out = exact_normalize(split, [1, 2, 4], layer.epsilon, tf.reshape(beta, [-1, channels]),
+                                  tf.reshape(gamma, [-1, channels]))
             return tf.reshape(out, tf.shape(h)), True
-        mean, variance = exact_moments(h, [2])  # [T, N, F]: over F.
-        return normalize(h, mean, variance, layer.epsilon, beta[:, None, :], gamma[:, None, :]), False
+        # [T, N, F]: over F.
+        return exact_normalize(h, [2], layer.epsilon, beta[:, None, :], gamma[:, None, :]), False
     raise TypeError(f"Unsupported layer {layer.name!r}.")  # Excluded by unsupported_reason.
 
 
