@@ -67,7 +67,6 @@ flags.DEFINE_enum("moments", "tf1_shift", ["tf1_shift", "centred"],
                   "then the variance of the centred values (as this port).")
 flags.DEFINE_integer("intra_op_threads", 1, "threads per op: 1, as the port's default (issue 8's figures match "
                      "it); 0: TensorFlow's default session, as the original main.py (slower on 2 cores).")
-flags.DEFINE_integer("inter_op_threads", 0, "ops run at once (0: TensorFlow's default, as the original).")
 flags.DEFINE_bool("check_golden", False, "compare with the golden files instead of timing.")
 flags.DEFINE_string("golden_dir", GOLDEN, "folder of the golden .npz files.")
 FLAGS = flags.FLAGS
@@ -83,8 +82,7 @@ def _contrib(v1):
             return mean, v1.reduce_mean(v1.square(x - mean), axes, keepdims=True)
         # TF 1.0's nn.moments: shifted sufficient statistics; exact at every order as the shift cancels.
         shift = v1.stop_gradient(v1.reduce_mean(x, axes, keepdims=True))
-        count = float(np.prod([x.shape[a] for a in axes])) if x.shape.is_fully_defined() else \
-            v1.cast(v1.reduce_prod(v1.gather(v1.shape(x), axes)), x.dtype)
+        count = float(np.prod([x.shape[a] for a in axes]))  # build() gives every input a static shape.
         m_ss = v1.reduce_sum(x - shift, axes, keepdims=True)
         v_ss = v1.reduce_sum(v1.squared_difference(x, shift), axes, keepdims=True)
         shifted_mean = m_ss / count
@@ -222,9 +220,8 @@ def time_preset(maml_module):
             feed[placeholder] = np.tile(np.eye(shape[-1], dtype=np.float32), (mb, shape[1] // shape[-1], 1))
         else:
             feed[placeholder] = rng.random(shape, np.float32)
-    threads = dict(intra_op_parallelism_threads=FLAGS.intra_op_threads,
-                   inter_op_parallelism_threads=FLAGS.inter_op_threads)
-    sess = v1.InteractiveSession(config=v1.ConfigProto(**threads))  # 0, 0: the original's session.
+    config = v1.ConfigProto(intra_op_parallelism_threads=FLAGS.intra_op_threads)  # 0: the original's session.
+    sess = v1.InteractiveSession(config=config)
     v1.global_variables_initializer().run()
     times = []
     for i in range(FLAGS.warmup + FLAGS.iterations):
