@@ -103,7 +103,8 @@ def test_forward_and_meta_gradient(name, dtype):
         errs = compare_forward(algo.evaluate(batch, 2), z, 2, config.classification, output_tol)
         grads = []
     else:
-        grads, results = algo.meta_gradients(batch, num_steps=steps)
+        # Compiled, as training runs it (the graph-mode batch-norm gradient; see networks.exact_normalize).
+        grads, results = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(batch)
         errs = compare_forward(results, z, steps, config.classification, output_tol)
     for n, g, c in zip(names, grads, algo.clip(grads)):
         if pre_bn_bias(n, config):

@@ -88,17 +88,20 @@ def _finite_difference(f, weights, eps=1e-6):
     return out
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("batch_tasks", [True, False])
 @pytest.mark.parametrize("norm", ["None", "batch_norm", "layer_norm"])
-def test_second_order_meta_gradient_matches_finite_differences(norm, batch_tasks):
-    """Float64 FD of the query loss after 2 inner steps, through every normalisation."""
+def test_second_order_meta_gradient_matches_finite_differences(norm, batch_tasks, compiled):
+    """Float64 FD of the query loss after 2 inner steps, through every normalisation, eagerly and
+    compiled (normalisation differentiates differently in graph mode: networks.exact_normalize)."""
     rng = np.random.RandomState(2)
     model = networks.build_fc((1,), 1, [4, 3], norm, dtype="float64")
     algo = MAML(model, losses.mse, inner_lr=0.3, num_inner_steps=2, batch_tasks=batch_tasks)
     batch = random_batch(rng, 2, 5, 1)
     # Random values everywhere (also offsets and scales) so no term is trivially zero.
     weights = [tf.constant(rng.randn(*v.shape) * 0.7) for v in model.trainable_variables]
-    grads, _ = algo.meta_gradients(batch, weights=weights)
+    meta_gradients = tf.function(algo.meta_gradients) if compiled else algo.meta_gradients
+    grads, _ = meta_gradients(batch, weights=weights)
     fd = _finite_difference(lambda ws: float(algo.batch_forward(ws, batch, 2)["total_losses2"][1]), weights)
     for g, f, v in zip(grads, fd, model.trainable_variables):
         np.testing.assert_allclose(g.numpy(), f, rtol=1e-5, atol=1e-7, err_msg=v.path)
@@ -174,7 +177,8 @@ def test_adaptation_lowers_support_loss_and_normalisation_is_not_adapted():
     np.testing.assert_allclose(before[1].numpy(), after[1].numpy(), atol=1e-6)
 
 
-def test_batch_norm_second_derivatives_are_exact():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_batch_norm_second_derivatives_are_exact(compiled):
     """Hessian-vector products through BatchNormTF1 against float64 finite differences."""
     rng = np.random.RandomState(6)
     x = tf.constant(rng.randn(7, 3))
@@ -189,10 +193,13 @@ def test_batch_norm_second_derivatives_are_exact():
             y = tf.reduce_sum(tf.sin(layer(x)) * c)
         return tape.gradient(y, x)
 
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        g = tf.reduce_sum(grad(x) * v)
-    hvp = tape.gradient(g, x).numpy()
+    def hvp(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            g = tf.reduce_sum(grad(x) * v)
+        return tape.gradient(g, x)
+
+    hvp = (tf.function(hvp) if compiled else hvp)(x).numpy()
     eps = 1e-5
     fd = ((grad(x + eps * v) - grad(x - eps * v)) / (2 * eps)).numpy()
     np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)

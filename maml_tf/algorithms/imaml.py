@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
+from maml_tf.networks import differentiated_once
 
 SOLVERS = ("gd", "hessian_free")
 
@@ -226,10 +227,11 @@ class IMAML(MetaLearner):
 
     def _task(self, theta, sx, sy, qx, qy, with_gradient: bool):
         phi = self.inner_solve(theta, sx, sy)
-        before, after = self.forward(theta, qx), self.forward(phi, qx)
+        with differentiated_once():  # Query passes: the gradient of the query loss is the last derivative.
+            before, after = self.forward(theta, qx), self.forward(phi, qx)
+            qgrad = self.loss_and_grad(phi, qx, qy)[1] if with_gradient else None
         out = {"loss1": self.task_loss(before, qy), "loss2": self.task_loss(after, qy)}
         if with_gradient:
-            _, qgrad = self.loss_and_grad(phi, qx, qy)
             out["grads"] = self.split.replace([tf.zeros_like(t) for t in theta],
                                               self.implicit_gradient(phi, sx, sy, qgrad))
         if self.metric_fn is not None:

@@ -24,6 +24,7 @@ import tensorflow as tf
 from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
 from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
 from maml_tf.losses import per_task
+from maml_tf.networks import differentiated_once
 
 
 def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
@@ -195,7 +196,8 @@ class MAML(MetaLearner):
                 support_outputs, support_loss = outputs, loss
             if step not in query_steps:
                 continue
-            out_q = self.forward(weights, query_x)
+            with differentiated_once():  # Only the meta-gradient's first derivative passes through.
+                out_q = self.forward(weights, query_x)
             query_outputs.append(out_q)
             query_losses.append(self.task_loss(out_q, query_y))
         result = {"support_outputs": support_outputs, "support_loss": support_loss,
@@ -330,7 +332,8 @@ class MAML(MetaLearner):
             if support_outputs is None:
                 support_outputs, support_loss = outputs, losses
             if step in query_steps:
-                query_outputs.append(net(fast, batch.query_x))
+                with differentiated_once():  # As in `task_forward`.
+                    query_outputs.append(net(fast, batch.query_x))
                 query_losses.append(self._task_losses(query_outputs[-1], batch.query_y))
         return {"support_loss": support_loss, "query_losses": tf.stack(query_losses, 1),
                 "support_outputs": support_outputs, "query_outputs": tf.stack(query_outputs, 1)}
