@@ -51,7 +51,9 @@ def test_graph_mode_gradient_is_exact_to_third_order(shape, axes, param_shape, w
 
 
 def _op_types(fn, *args):
-    return [op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()]
+    """The types of the ops of `fn` traced on `args`, including those of loop bodies (`tf.map_fn`)."""
+    graph_def = tf.function(fn).get_concrete_function(*args).graph.as_graph_def()
+    return [node.op for node in graph_def.node] + [node.op for f in graph_def.library.function for node in f.node_def]
 
 
 def test_differentiated_once_uses_the_fused_kernel_with_the_same_first_derivative():
@@ -84,20 +86,21 @@ def test_differentiated_once_uses_the_fused_kernel_with_the_same_first_derivativ
     assert "FusedBatchNormV3" not in layer_norm + float64
 
 
+@pytest.mark.parametrize("batch_tasks", [True, False])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_maml_fuses_batch_norm_on_query_passes_only(first_order):
+def test_maml_fuses_batch_norm_on_query_passes_only(first_order, batch_tasks):
     """The query pass (differentiated once by the outer tape) runs the fused kernel; the support passes,
     whose inner gradients the meta-gradient or the next step differentiates, stay exact."""
     config = Config(datasource="omniglot", num_classes=3, update_batch_size=1, num_filters=4, num_updates=2,
                     stop_grad=first_order).validate()
     model = networks.build_network(config)
     algo = MAML(model, losses.scaled_xent(1), inner_lr=0.4, num_inner_steps=2, first_order=first_order,
-                batch_tasks=True, task_groups=1)
+                batch_tasks=batch_tasks, task_groups=1)
     rng = np.random.RandomState(2)
     images = lambda n: tf.constant(rng.rand(2, n, *networks.input_shape(config)).astype("float32"))
     labels = tf.one_hot(np.tile(np.arange(3), (2, 1)), 3)
     batch = TaskBatch(images(3), labels, images(3), labels)
     types = _op_types(lambda b: algo.meta_gradients(b)[0], batch)
-    norms = 4  # One batch norm per conv block; the lean step runs the query set once.
+    norms = 4  # One batch norm per conv block; the lean step runs the query set once (per task with map_fn).
     assert types.count("FusedBatchNormV3") == norms
     assert types.count("FusedBatchNormGradV3") == norms
