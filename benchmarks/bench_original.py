@@ -77,7 +77,7 @@ def _contrib(v1):
     """The `tf.contrib` functions the original calls, in TF 1.0's semantics."""
 
     def moments(x, axes):
-        if FLAGS.moments == "centred":  # As this port's networks.exact_moments.
+        if FLAGS.moments == "centred":  # As this port's networks.exact_normalize.
             mean = v1.reduce_mean(x, axes, keepdims=True)
             return mean, v1.reduce_mean(v1.square(x - mean), axes, keepdims=True)
         # TF 1.0's nn.moments: shifted sufficient statistics; exact at every order as the shift cancels.

@@ -135,9 +135,11 @@ def _normalize_closed_form(x, axes, epsilon, offset, *scale):
     """`exact_normalize` with the textbook batch-norm gradient
     `dx = inv * (g - mean(g) - xhat * mean(g * xhat))`, `g = dy * scale`.
 
-    Automatic differentiation of the forward ops takes about twice as many
-    passes over the activations (a reduction for every broadcast: offset, the
-    mean in the centring, the variance in the scaling, the mean of the square).
+    Automatic differentiation of the forward ops takes more passes over the
+    activations (a reduction for every broadcast: offset, the mean in the
+    centring, the variance in the scaling, the mean of the square). On
+    MiniImagenet the op time per step fell from 2.14 to 2.01 s and the step
+    from 1.31-1.41 s to 1.22-1.37 s (README, Speed and memory).
     The gradient function uses the normalised `xhat` and `inv` of the forward
     pass; in graph mode `tf.custom_gradient` records the forward ops on the
     enclosing tapes, so an outer tape differentiates the gradient through
