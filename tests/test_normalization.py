@@ -1,5 +1,7 @@
 """The exact normalisation: its graph-mode gradient and the fused kernel of `differentiated_once`."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -56,20 +58,19 @@ def _op_types(fn, *args):
     return [node.op for node in graph_def.node] + [node.op for f in graph_def.library.function for node in f.node_def]
 
 
-def test_differentiated_once_uses_the_fused_kernel_with_the_same_first_derivative():
+@pytest.mark.parametrize("shape", [(6, 4, 4, 3), (6, 3)])  # Conv activations, and dense ones (reshaped).
+def test_differentiated_once_uses_the_fused_kernel_with_the_same_first_derivative(shape):
     rng = np.random.RandomState(1)
-    x = tf.constant(rng.randn(6, 4, 4, 3).astype("float32") * 2 + 3)
+    x = tf.constant(rng.randn(*shape).astype("float32") * 2 + 3)
     beta = tf.constant(rng.randn(3).astype("float32"))
-    c = tf.constant(rng.randn(6, 4, 4, 3).astype("float32"))
+    c = tf.constant(rng.randn(*shape).astype("float32"))
+    axes = list(range(len(shape) - 1))
 
     def value_and_grads(x, beta, once):
         with tf.GradientTape() as tape:
             tape.watch([x, beta])
-            if once:
-                with networks.differentiated_once():
-                    y = networks.exact_normalize(x, [0, 1, 2], 1e-3, beta)
-            else:
-                y = networks.exact_normalize(x, [0, 1, 2], 1e-3, beta)
+            with networks.differentiated_once() if once else contextlib.nullcontext():
+                y = networks.exact_normalize(x, axes, 1e-3, beta)
             loss = tf.reduce_sum(tf.sin(y) * c)
         return [loss] + tape.gradient(loss, [x, beta])
 
@@ -81,8 +82,8 @@ def test_differentiated_once_uses_the_fused_kernel_with_the_same_first_derivativ
         np.testing.assert_allclose(f.numpy(), e.numpy(), rtol=1e-4, atol=1e-5 * np.abs(e.numpy()).max())
     # Layouts the kernel does not cover (a scale, other axes, float64) stay on the exact path.
     with networks.differentiated_once():
-        layer_norm = _op_types(lambda x: networks.exact_normalize(x, [1, 2, 3], 1e-3, beta, beta), x)
-        float64 = _op_types(lambda x: networks.exact_normalize(x, [0, 1, 2], 1e-3, beta), tf.cast(x, tf.float64))
+        layer_norm = _op_types(lambda x: networks.exact_normalize(x, list(range(1, len(shape))), 1e-3, beta, beta), x)
+        float64 = _op_types(lambda x: networks.exact_normalize(x, axes, 1e-3, beta), tf.cast(x, tf.float64))
     assert "FusedBatchNormV3" not in layer_norm + float64
 
 
