@@ -1,0 +1,194 @@
+"""The convolution floor of a train step: how fast it could be if it did nothing but its convolutions.
+
+    python benchmarks/conv_floor.py --preset=omniglot20 --iterations=10 --warmup=3
+    python benchmarks/conv_floor.py --preset=omniglot5 --set=stop_grad=True --iterations=10 --warmup=3
+
+Lists every convolution the compiled train step runs (forward, input gradient
+and filter gradient, at every order of differentiation; ops that feed none of
+the step's results are left out, as TensorFlow prunes them), counted once per
+run of the loop that holds it (`tf.map_fn` runs its body once per task). Then
+times each distinct convolution alone on one thread, `--repeats` times in a
+`tf.while_loop` so that the call overhead does not count, and prints:
+
+- per op type: how many run per step, their GFLOP (2 * multiply-adds), and
+  the core-seconds they take at their own kernel's speed;
+- the floor: those core-seconds over the CPU cores, a lower bound on the step
+  time for the oneDNN kernels of this TensorFlow on this machine (the step
+  runs one thread per op, `--intra_op_threads=1`, and its convolutions can at
+  best keep every core busy);
+- the same FLOPs at one thread's speed on a large matmul (the arithmetic
+  peak these kernels reach here), over the cores: a floor for any
+  convolution kernel as fast as the matmul;
+- the step's measured median over `--iterations` steps after `--warmup`
+  (flags of `bench_meta_iteration.py`, which measures it the same way).
+
+The last line is the same as JSON.
+"""
+
+import collections
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bench_meta_iteration import PRESETS, parse_overrides, synthetic_batches  # noqa: E402
+
+flags.DEFINE_integer("repeats", 20, "runs of each distinct convolution per timing.")
+flags.DEFINE_integer("timings", 5, "timings of each distinct convolution (the median is kept).")
+FLAGS = flags.FLAGS
+
+CONVOLUTIONS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+_ATTRS = ("strides", "padding", "explicit_paddings", "dilations", "data_format")
+
+
+def _shape(tensor):
+    shape = tensor.shape
+    if not shape.is_fully_defined():
+        raise ValueError(f"{tensor.name} has no static shape ({shape}): cannot count its FLOPs.")
+    return tuple(shape.as_list())
+
+
+def _key(op):
+    """(type, x shape, filter shape, output-gradient/output shape, attributes) of a convolution."""
+    if op.type == "Conv2D":
+        x, w, y = _shape(op.inputs[0]), _shape(op.inputs[1]), _shape(op.outputs[0])
+    elif op.type == "Conv2DBackpropInput":
+        x, w, y = _shape(op.outputs[0]), _shape(op.inputs[1]), _shape(op.inputs[2])
+    else:
+        x, w, y = _shape(op.inputs[0]), _shape(op.outputs[0]), _shape(op.inputs[2])
+    attrs = tuple((a, tuple(v) if isinstance(v, list) else v) for a in _ATTRS for v in [op.get_attr(a)])
+    return op.type, x, w, y, attrs
+
+
+def flops(key) -> int:
+    """2 * multiply-adds: each output-gradient (or output) element meets one kernel window."""
+    _, _, (kh, kw, cin, _), y, _ = key
+    return 2 * int(np.prod(y)) * kh * kw * cin
+
+
+def _live_ops(graph):
+    """The ops that feed the graph's outputs or its stateful ops (what TensorFlow keeps)."""
+    stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    seen = set()
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return [op for op in graph.get_operations() if op.name in seen]
+
+
+def count_convolutions(graph, times: int = 1, counts=None) -> collections.Counter:
+    """{convolution key: runs per call of `graph`}, through nested functions and while loops."""
+    counts = collections.Counter() if counts is None else counts
+    for op in _live_ops(graph):
+        if op.type in CONVOLUTIONS:
+            counts[_key(op)] += times
+        elif op.type in ("While", "StatelessWhile"):
+            trips = tf.get_static_value(op.inputs[1])  # while_v2's loop vars: counter, maximum_iterations, ...
+            if trips is None or trips < 0:
+                raise ValueError(f"{op.name}: a while loop without a static trip count.")
+            count_convolutions(graph._get_function(op.get_attr("body").name).graph, times * int(trips), counts)
+        elif op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            count_convolutions(graph._get_function(op.get_attr("f").name).graph, times, counts)
+        elif op.type in ("If", "StatelessIf", "Case", "StatelessCase"):
+            raise ValueError(f"{op.name}: conditionals are not counted.")
+    return counts
+
+
+def _seconds_per_run(run, args, out_shape, repeats: int, timings: int) -> float:
+    """Seconds one `run(*args)` takes alone, one at a time in a `tf.while_loop` (median of `timings`)."""
+
+    @tf.function
+    def loop(*a):  # Each iteration's result is the next loop value, so each runs; one at a time.
+        return tf.while_loop(lambda i, _: i < repeats, lambda i, _: (i + 1, run(*a)), (0, tf.zeros(out_shape)),
+                             parallel_iterations=1)[1]
+
+    loop(*args).numpy()
+    seconds = []
+    for _ in range(timings):
+        start = time.perf_counter()
+        loop(*args).numpy()
+        seconds.append((time.perf_counter() - start) / repeats)
+    return float(np.median(seconds))
+
+
+def time_alone(key, repeats: int, timings: int) -> float:
+    """Seconds one run of the convolution `key` takes alone."""
+    kind, x, w, y, attrs = key
+    attrs = dict(attrs)
+    rng = tf.random.Generator.from_seed(0)
+    if kind == "Conv2D":
+        run = lambda a, b: tf.raw_ops.Conv2D(input=a, filter=b, **attrs)  # noqa: E731
+        return _seconds_per_run(run, (rng.normal(x), rng.normal(w)), y, repeats, timings)
+    if kind == "Conv2DBackpropInput":
+        run = lambda a, b: tf.raw_ops.Conv2DBackpropInput(input_sizes=x, filter=a, out_backprop=b, **attrs)  # noqa: E731
+        return _seconds_per_run(run, (rng.normal(w), rng.normal(y)), x, repeats, timings)
+    run = lambda a, b: tf.raw_ops.Conv2DBackpropFilter(input=a, filter_sizes=w, out_backprop=b, **attrs)  # noqa: E731
+    return _seconds_per_run(run, (rng.normal(x), rng.normal(y)), w, repeats, timings)
+
+
+def matmul_gflops(repeats: int, timings: int, n: int = 1024) -> float:
+    """One thread's float32 matmul speed (an n x n product): the arithmetic peak the kernels can reach here."""
+    rng = tf.random.Generator.from_seed(0)
+    seconds = _seconds_per_run(tf.matmul, (rng.normal([n, n]), rng.normal([n, n])), [n, n], repeats, timings)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def main(_):
+    from maml_tf import train
+    from maml_tf.config import Config
+
+    config = Config(**{**PRESETS[FLAGS.preset], **parse_overrides(FLAGS.set)}).validate()
+    train.configure_threads(config)  # As main.py (one thread per op by default).
+    algo = train.build_algorithm(config)
+    batch = next(synthetic_batches(config))
+    counts = count_convolutions(algo.train_step.get_concrete_function(batch).graph)
+
+    rows = collections.defaultdict(lambda: [0, 0.0, 0.0])  # type: [runs, GFLOP, core-s]
+    for key, n in counts.items():
+        seconds = time_alone(key, FLAGS.repeats, FLAGS.timings)
+        row = rows[key[0]]
+        row[0] += n
+        row[1] += n * flops(key) / 1e9
+        row[2] += n * seconds
+    steps = []
+    for i in range(FLAGS.warmup + FLAGS.iterations):
+        start = time.perf_counter()
+        float(algo.train_step(batch)["objective_loss"])
+        if i >= FLAGS.warmup:
+            steps.append(time.perf_counter() - start)
+
+    cores = os.cpu_count() or 1
+    total_gflop, core_s = sum(r[1] for r in rows.values()), sum(r[2] for r in rows.values())
+    floor, step = core_s / cores, float(np.median(steps))
+    peak = matmul_gflops(FLAGS.repeats, FLAGS.timings)
+    print(f"Convolutions of one {FLAGS.preset} {','.join(FLAGS.set)} train step, each timed alone on one thread:")
+    print("| op type | runs per step | GFLOP | core-s alone | GFLOPS alone |\n|---|---|---|---|---|")
+    for kind in CONVOLUTIONS:
+        if kind in rows:
+            n, gflop, seconds = rows[kind]
+            print(f"| {kind} | {n} | {gflop:.2f} | {seconds:.3f} | {gflop / seconds:.0f} |")
+    print(f"| all | {sum(r[0] for r in rows.values())} | {total_gflop:.2f} | {core_s:.3f} | {total_gflop / core_s:.0f} |")
+    print(f"Floor on {cores} cores: {floor:.4f} s; the step's median: {step:.4f} s "
+          f"(convolutions alone would be {100 * floor / step:.0f}% of it).")
+    print(f"At one thread's matmul speed ({peak:.0f} GFLOPS) the convolutions would take "
+          f"{total_gflop / peak / cores:.4f} s on {cores} cores.")
+    print(json.dumps({"preset": FLAGS.preset, "set": FLAGS.set, "conv_gflop": round(total_gflop, 3),
+                      "conv_core_s": round(core_s, 4), "cores": cores, "floor_s": round(floor, 4),
+                      "matmul_gflops_per_thread": round(peak, 1), "floor_at_matmul_speed_s": round(total_gflop / peak / cores, 4),
+                      "step_median_s": round(step, 4), "tensorflow": tf.__version__}))
+
+
+if __name__ == "__main__":
+    app.run(main)
