@@ -28,6 +28,8 @@ default, as this port does (`--intra_op_threads=1`); issue 8's figures for the
 original match that setting, and TensorFlow's default session (every core per
 op, `--intra_op_threads=0`, the original `main.py`'s) is up to twice as slow
 on a 2-core machine.
+`--count_convolutions` also reports the convolutions a traced step runs and
+their GFLOP, as `conv_floor.py` counts the port's.
 `--check_golden` instead runs the golden files' inputs and initial weights
 through the same graph and compares the losses and meta-gradients with
 `../shared/golden` (made by the original code under another such shim).
@@ -67,8 +69,14 @@ flags.DEFINE_enum("moments", "tf1_shift", ["tf1_shift", "centred"],
                   "then the variance of the centred values (as this port).")
 flags.DEFINE_integer("intra_op_threads", 1, "threads per op: 1, as the port's default (issue 8's figures match "
                      "it); 0: TensorFlow's default session, as the original main.py (slower on 2 cores).")
+flags.DEFINE_enum("session", "interactive", ["interactive", "plain"],
+                  "interactive: `tf.InteractiveSession`, as the original main.py, which runs the graph as built "
+                  "(TensorFlow skips its Grappler graph optimisations there); plain: `tf.Session`, optimised (conv "
+                  "and bias fused, the first layer's unused input gradients pruned).")
 flags.DEFINE_bool("check_golden", False, "compare with the golden files instead of timing.")
 flags.DEFINE_string("golden_dir", GOLDEN, "folder of the golden .npz files.")
+flags.DEFINE_bool("count_convolutions", False, "also report the convolutions one (traced) step runs and their "
+                  "GFLOP, as `conv_floor.py` counts the port's.")
 FLAGS = flags.FLAGS
 
 
@@ -221,20 +229,26 @@ def time_preset(maml_module):
         else:
             feed[placeholder] = rng.random(shape, np.float32)
     config = v1.ConfigProto(intra_op_parallelism_threads=FLAGS.intra_op_threads)  # 0: the original's session.
-    sess = v1.InteractiveSession(config=config)
-    v1.global_variables_initializer().run()
+    sess = (v1.InteractiveSession if FLAGS.session == "interactive" else v1.Session)(config=config)
+    sess.run(v1.global_variables_initializer())
     times = []
     for i in range(FLAGS.warmup + FLAGS.iterations):
         start = time.perf_counter()
         sess.run(model.metatrain_op, feed)
         if i >= FLAGS.warmup:
             times.append(time.perf_counter() - start)
-    return {"preset": FLAGS.preset, "iterations": FLAGS.iterations, "median_s": round(float(np.median(times)), 5),
-            "min_s": round(float(np.min(times)), 5), "max_s": round(float(np.max(times)), 5),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
-            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU", "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__, "code": "original", "moments": FLAGS.moments,
-            "intra_op_threads": FLAGS.intra_op_threads}
+    report = {"preset": FLAGS.preset, "iterations": FLAGS.iterations,
+              "median_s": round(float(np.median(times)), 5), "min_s": round(float(np.min(times)), 5),
+              "max_s": round(float(np.max(times)), 5),
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+              "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU", "cpus": os.cpu_count(),
+              "tensorflow": tf.__version__, "code": "original", "moments": FLAGS.moments,
+              "intra_op_threads": FLAGS.intra_op_threads, "session": FLAGS.session}
+    if FLAGS.count_convolutions:  # After the timing: a traced step.
+        from convolutions import count_traced_v1, summary
+
+        report["convolutions"] = summary(count_traced_v1(sess, model.metatrain_op, feed))
+    return report
 
 
 def check_golden(maml_module, path):

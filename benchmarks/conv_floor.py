@@ -40,71 +40,11 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bench_meta_iteration import PRESETS, parse_overrides, synthetic_batches  # noqa: E402
+from convolutions import CONVOLUTIONS, count_convolutions, flops  # noqa: E402
 
 flags.DEFINE_integer("repeats", 20, "runs of each distinct convolution per timing.")
 flags.DEFINE_integer("timings", 5, "timings of each distinct convolution (the median is kept).")
 FLAGS = flags.FLAGS
-
-CONVOLUTIONS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
-_ATTRS = ("strides", "padding", "explicit_paddings", "dilations", "data_format")
-
-
-def _shape(tensor):
-    shape = tensor.shape
-    if not shape.is_fully_defined():
-        raise ValueError(f"{tensor.name} has no static shape ({shape}): cannot count its FLOPs.")
-    return tuple(shape.as_list())
-
-
-def _key(op):
-    """(type, x shape, filter shape, output-gradient/output shape, attributes) of a convolution."""
-    if op.type == "Conv2D":
-        x, w, y = _shape(op.inputs[0]), _shape(op.inputs[1]), _shape(op.outputs[0])
-    elif op.type == "Conv2DBackpropInput":
-        x, w, y = _shape(op.outputs[0]), _shape(op.inputs[1]), _shape(op.inputs[2])
-    else:
-        x, w, y = _shape(op.inputs[0]), _shape(op.outputs[0]), _shape(op.inputs[2])
-    attrs = tuple((a, tuple(v) if isinstance(v, list) else v) for a in _ATTRS for v in [op.get_attr(a)])
-    return op.type, x, w, y, attrs
-
-
-def flops(key) -> int:
-    """2 * multiply-adds: each output-gradient (or output) element meets one kernel window."""
-    _, _, (kh, kw, cin, _), y, _ = key
-    return 2 * int(np.prod(y)) * kh * kw * cin
-
-
-def _live_ops(graph):
-    """The ops that feed the graph's outputs or its stateful ops (what TensorFlow keeps)."""
-    stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
-    seen = set()
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
-    return [op for op in graph.get_operations() if op.name in seen]
-
-
-def count_convolutions(graph, times: int = 1, counts=None) -> collections.Counter:
-    """{convolution key: runs per call of `graph`}, through nested functions and while loops."""
-    counts = collections.Counter() if counts is None else counts
-    for op in _live_ops(graph):
-        if op.type in CONVOLUTIONS:
-            counts[_key(op)] += times
-        elif op.type in ("While", "StatelessWhile"):
-            trips = tf.get_static_value(op.inputs[1])  # while_v2's loop vars: counter, maximum_iterations, ...
-            if trips is None or trips < 0:
-                raise ValueError(f"{op.name}: a while loop without a static trip count.")
-            count_convolutions(graph._get_function(op.get_attr("body").name).graph, times * int(trips), counts)
-        elif op.type in ("PartitionedCall", "StatefulPartitionedCall"):
-            count_convolutions(graph._get_function(op.get_attr("f").name).graph, times, counts)
-        elif op.type in ("If", "StatelessIf", "Case", "StatelessCase"):
-            raise ValueError(f"{op.name}: conditionals are not counted.")
-    return counts
-
 
 def _seconds_per_run(run, args, out_shape, repeats: int, timings: int) -> float:
     """Seconds one `run(*args)` takes alone, one at a time in a `tf.while_loop` (median of `timings`)."""
@@ -180,7 +120,7 @@ def main(_):
             n, gflop, seconds = rows[kind]
             print(f"| {kind} | {n} | {gflop:.2f} | {seconds:.3f} | {gflop / seconds:.0f} |")
     print(f"| all | {sum(r[0] for r in rows.values())} | {total_gflop:.2f} | {core_s:.3f} | {total_gflop / core_s:.0f} |")
-    print(f"Floor on {cores} cores: {floor:.4f} s; the step's median: {step:.4f} s "
+    print(f"\nFloor on {cores} cores: {floor:.4f} s; the step's median: {step:.4f} s "
           f"(convolutions alone would be {100 * floor / step:.0f}% of it).")
     print(f"At one thread's matmul speed ({peak:.0f} GFLOPS) the convolutions would take "
           f"{total_gflop / peak / cores:.4f} s on {cores} cores.")

@@ -12,9 +12,11 @@ peak resident memory is that case's alone. Results go to
 the README shows. The original code's figures from issue 8 (2 CPU cores, TF
 2.21, oneDNN) are given for the cases that exist there. With `--original_dir`
 (a checkout of github.com/cbfinn/maml) the original code's step is also timed
-in this run (`bench_original.py`, round-robin with the port's cases), once
-with one thread per op and once with TensorFlow's default session, and the
-table gives the speed-up against the faster of the two as well: the machine's
+in this run (`bench_original.py`, round-robin with the port's cases), in each
+of `ORIGINAL_SETTINGS` (the original main.py's `InteractiveSession` with one
+thread per op and with TensorFlow's default threading, and a plain `Session`
+with one thread per op), and the table gives the speed-up against the fastest
+of them as well: the machine's
 speed drifts by about 20% within an hour, so only a ratio measured side by
 side is firm.
 """
@@ -68,7 +70,9 @@ for _steps in (5, 10, 20, 50):
 
 SUITES = {"speed": SPEED, "imaml_memory": IMAML_MEMORY}
 SINUSOID_ITERATIONS = 1000
-ORIGINAL_THREADS = (1, 0)  # bench_original.py --intra_op_threads: one per op, TensorFlow's default.
+# bench_original.py settings: one thread per op (as the port) or TensorFlow's default, in the original main.py's
+# InteractiveSession (no graph optimisation); one thread per op in a plain Session (with Grappler's).
+ORIGINAL_SETTINGS = (("--intra_op_threads=1",), ("--intra_op_threads=0",), ("--intra_op_threads=1", "--session=plain"))
 
 flags.DEFINE_enum("suite", "speed", list(SUITES), "which table.")
 flags.DEFINE_list("only", [], "run only these cases.")
@@ -117,11 +121,11 @@ def main(_):
     cases = SUITES[FLAGS.suite]
     names = FLAGS.only or list(cases)
     jobs = [(name, *cases[name][:2], "bench_meta_iteration.py", ()) for name in names]
-    if FLAGS.original_dir:  # The original with one thread per op (as the port) and with TF's default session.
+    if FLAGS.original_dir:  # The original in each of ORIGINAL_SETTINGS.
         originals = dict.fromkeys(filter(None, (original_of(cases[name]) for name in names)))
-        jobs += [((*original, threads), *original, "bench_original.py",
-                  (f"--original_dir={FLAGS.original_dir}", f"--intra_op_threads={threads}"))
-                 for original in originals for threads in ORIGINAL_THREADS]
+        jobs += [((*original, setting), *original, "bench_original.py", (f"--original_dir={FLAGS.original_dir}",
+                                                                         *setting))
+                 for original in originals for setting in ORIGINAL_SETTINGS]
     runs = {job[0]: [] for job in jobs}
     commands = {}
     for repeat in range(FLAGS.repeats):  # Round-robin, so that a slow spell of the machine hits every case.
@@ -129,7 +133,7 @@ def main(_):
             start = time.time()
             report, commands[key] = run_case(preset, list(overrides), script, extra)
             runs[key].append(report)
-            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)} {extra[-1]}"
+            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)} {' '.join(extra[1:])}"
             print(f"{label} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
                   f"{report.get('peak_rss_gb')} GB ({time.time() - start:.0f} s)", flush=True)
     command = lambda key: " ".join(["python", os.path.relpath(commands[key][1], os.path.dirname(HERE))]
@@ -142,12 +146,12 @@ def main(_):
             report["original_s"], report["original_gb"] = cases[name][2]
         original = original_of(cases[name])
         if FLAGS.original_dir and original:
-            # The original's faster threading, so that the speed-up is not flattered by a slow setting.
-            measured = [{**combine(runs[(*original, t)]), "command": command((*original, t))}
-                        for t in ORIGINAL_THREADS]
+            # The original's fastest setting, so that the speed-up is not flattered by a slow one.
+            measured = [{**combine(runs[(*original, setting)]), "command": command((*original, setting))}
+                        for setting in ORIGINAL_SETTINGS]
             ok = [m for m in measured if "error" not in m]
             report["original_this_run"] = min(ok, key=lambda m: m["median_s"]) if ok else measured[0]
-            report["original_all_threadings"] = measured
+            report["original_all_settings"] = measured
         results.append(report)
     device = results[0].get("device", "CPU") if results else "CPU"
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -171,7 +175,8 @@ def main(_):
         if "error" in same:
             same_cells = f"error: {same['error']} | | "
         elif same:
-            same_cells = (f"{same['median_s']:.4g} ({same['intra_op_threads'] or 'default'} thread/op) | "
+            same_cells = (f"{same['median_s']:.4g} ({same['intra_op_threads'] or 'default'} thread/op, "
+                          f"{same.get('session', 'interactive')} session) | "
                           f"{same['peak_rss_gb']:.2f} | "
                           f"{same['median_s'] / r['median_s']:.2f}x")
         else:
