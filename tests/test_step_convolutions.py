@@ -1,7 +1,8 @@
 """The compiled MAML train step runs exactly the convolutions its meta-gradient needs, no more.
 
-Counted in the step's graph by `benchmarks/conv_floor.py` (ops feeding no result
-left out, loops counted once per run). For K inner steps on the original
+Counted in the step's graph by `benchmarks/convolutions.py` (ops feeding no
+result left out, loops counted once per run), as `benchmarks/conv_floor.py`
+counts them. For K inner steps on the original
 network of L conv layers, per task (per-task loop) or per task group (batched):
 
 * second order, per inner step: every layer's forward convolution, its inner
@@ -26,7 +27,7 @@ from maml_tf.config import Config
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 from bench_meta_iteration import synthetic_batches  # noqa: E402
-from conv_floor import count_convolutions, flops  # noqa: E402
+from convolutions import count_convolutions, flops, summary  # noqa: E402
 
 LAYERS = 4  # The original's conv network.
 
@@ -45,10 +46,7 @@ def _counts(**overrides):
                     **overrides).validate()
     algo = train.build_algorithm(config)
     counts = count_convolutions(algo.train_step.get_concrete_function(next(synthetic_batches(config))).graph)
-    by_type = {}
-    for key, n in counts.items():
-        by_type[key[0]] = by_type.get(key[0], 0) + n
-    return counts, by_type
+    return counts, summary(counts)["runs"]
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -59,14 +57,14 @@ def test_train_step_runs_only_the_needed_convolutions(batch_tasks, first_order):
     counts, by_type = _counts(num_updates=2, stop_grad=first_order, batch_tasks=batch_tasks, task_groups=2,
                               batched_conv_max_support=0)
     assert by_type == {k: units * v for k, v in expected(2, first_order).items()}
-    # Test-time steps (`--num_updates` at evaluation can be more) never enter the train step.
+    # One more inner step adds exactly one step's share.
     _, more_steps = _counts(num_updates=3, stop_grad=first_order, batch_tasks=batch_tasks, task_groups=2,
                             batched_conv_max_support=0)
     assert more_steps == {k: units * v for k, v in expected(3, first_order).items()}
 
 
 def test_flops_of_a_convolution():
-    """2 * multiply-adds of the 14x14x64 -> 7x7x64 stride-2 layer on 20 images, in all three forms."""
+    """2 * multiply-adds of the second layer (14x14 -> 7x7, stride 2) in all three forms."""
     counts, _ = _counts(num_updates=1, batch_tasks=False)
     layer2 = [key for key in counts if key[2][:3] == (3, 3, 4) and key[1][1:3] == (14, 14)]
     assert {key[0] for key in layer2} == {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"}
