@@ -46,6 +46,7 @@ flags.DEFINE_integer("repeats", 20, "runs of each distinct convolution per timin
 flags.DEFINE_integer("timings", 5, "timings of each distinct convolution (the median is kept).")
 FLAGS = flags.FLAGS
 
+
 def _seconds_per_run(run, args, out_shape, repeats: int, timings: int) -> float:
     """Seconds one `run(*args)` takes alone, one at a time in a `tf.while_loop` (median of `timings`)."""
 
@@ -69,12 +70,16 @@ def time_alone(key, repeats: int, timings: int) -> float:
     attrs = dict(attrs)
     rng = tf.random.Generator.from_seed(0)
     if kind == "Conv2D":
-        run = lambda a, b: tf.raw_ops.Conv2D(input=a, filter=b, **attrs)  # noqa: E731
+        def run(inputs, kernel):
+            return tf.raw_ops.Conv2D(input=inputs, filter=kernel, **attrs)
         return _seconds_per_run(run, (rng.normal(x), rng.normal(w)), y, repeats, timings)
     if kind == "Conv2DBackpropInput":
-        run = lambda a, b: tf.raw_ops.Conv2DBackpropInput(input_sizes=x, filter=a, out_backprop=b, **attrs)  # noqa: E731
+        def run(kernel, grad):
+            return tf.raw_ops.Conv2DBackpropInput(input_sizes=x, filter=kernel, out_backprop=grad, **attrs)
         return _seconds_per_run(run, (rng.normal(w), rng.normal(y)), x, repeats, timings)
-    run = lambda a, b: tf.raw_ops.Conv2DBackpropFilter(input=a, filter_sizes=w, out_backprop=b, **attrs)  # noqa: E731
+
+    def run(inputs, grad):
+        return tf.raw_ops.Conv2DBackpropFilter(input=inputs, filter_sizes=w, out_backprop=grad, **attrs)
     return _seconds_per_run(run, (rng.normal(x), rng.normal(y)), w, repeats, timings)
 
 
@@ -90,7 +95,11 @@ def main(_):
     from maml_tf.config import Config
 
     config = Config(**{**PRESETS[FLAGS.preset], **parse_overrides(FLAGS.set)}).validate()
-    train.configure_threads(config)  # As main.py (one thread per op by default).
+    if config.datasource == "sinusoid" or not config.conv:
+        raise app.UsageError("this network has no convolutions: pick an image preset with the conv net.")
+    if config.intra_op_threads != 1:
+        raise app.UsageError("conv_floor.py times each convolution on one thread: leave intra_op_threads at 1.")
+    train.configure_threads(config)  # As main.py.
     algo = train.build_algorithm(config)
     batch = next(synthetic_batches(config))
     counts = count_convolutions(algo.train_step.get_concrete_function(batch).graph)
@@ -119,14 +128,16 @@ def main(_):
         if kind in rows:
             n, gflop, seconds = rows[kind]
             print(f"| {kind} | {n} | {gflop:.2f} | {seconds:.3f} | {gflop / seconds:.0f} |")
-    print(f"| all | {sum(r[0] for r in rows.values())} | {total_gflop:.2f} | {core_s:.3f} | {total_gflop / core_s:.0f} |")
+    runs = sum(r[0] for r in rows.values())
+    print(f"| all | {runs} | {total_gflop:.2f} | {core_s:.3f} | {total_gflop / core_s:.0f} |")
     print(f"\nFloor on {cores} cores: {floor:.4f} s; the step's median: {step:.4f} s "
           f"(convolutions alone would be {100 * floor / step:.0f}% of it).")
     print(f"At one thread's matmul speed ({peak:.0f} GFLOPS) the convolutions would take "
           f"{total_gflop / peak / cores:.4f} s on {cores} cores.")
     print(json.dumps({"preset": FLAGS.preset, "set": FLAGS.set, "conv_gflop": round(total_gflop, 3),
                       "conv_core_s": round(core_s, 4), "cores": cores, "floor_s": round(floor, 4),
-                      "matmul_gflops_per_thread": round(peak, 1), "floor_at_matmul_speed_s": round(total_gflop / peak / cores, 4),
+                      "matmul_gflops_per_thread": round(peak, 1),
+                      "floor_at_matmul_speed_s": round(total_gflop / peak / cores, 4),
                       "step_median_s": round(step, 4), "tensorflow": tf.__version__}))
 
 
