@@ -75,10 +75,11 @@ def count_convolutions(graph, times: int = 1, counts=None) -> collections.Counte
 
 def count_traced_v1(session, fetch, feed) -> collections.Counter:
     """{convolution key: runs} of one traced `session.run(fetch, feed)` in a TF 1 graph (the original's): the
-    convolutions the runtime executed, loop iterations included. (A TF 1 graph holds convolutions that never
-    run: `tf.gradients` gates each op's gradients together, which keeps e.g. the input gradient of the first
-    layer reachable, and TensorFlow prunes it.) Each executed node is keyed by the graph's op of its name, or,
-    for a convolution fused with its bias add (named after the add), by the convolution that feeds that op."""
+    convolutions the runtime executed, loop iterations included. (What runs depends on the session: the
+    original's graph holds input gradients of the first layer that no op uses, which a plain `Session`'s
+    graph optimisations prune and an `InteractiveSession` computes.) Each executed node is keyed by the graph's
+    op of its name, or, for a convolution fused with its bias add (named after the add), by the convolution
+    that feeds that op."""
     v1 = tf.compat.v1
     meta = v1.RunMetadata()
     session.run(fetch, feed, options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE), run_metadata=meta)

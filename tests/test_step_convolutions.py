@@ -2,8 +2,8 @@
 
 Counted in the step's graph by `benchmarks/convolutions.py` (ops feeding no
 result left out, loops counted once per run), as `benchmarks/conv_floor.py`
-counts them. For K inner steps on the original
-network of L conv layers, per task (per-task loop) or per task group (batched):
+counts them. For K inner steps on the original network of L conv layers, per
+task (per-task loop) or per task group (batched):
 
 * second order, per inner step: every layer's forward convolution, its inner
   gradients (input and filter) and their three derivatives each (forward,
@@ -54,8 +54,8 @@ def _counts(**overrides):
 def test_train_step_runs_only_the_needed_convolutions(batch_tasks, first_order):
     # Per-task loop: 3 tasks, each in the loop body. Batched: 2 groups (one of 2 tasks, one of 1).
     units = 2 if batch_tasks else 3
-    counts, by_type = _counts(num_updates=2, stop_grad=first_order, batch_tasks=batch_tasks, task_groups=2,
-                              batched_conv_max_support=0)
+    _, by_type = _counts(num_updates=2, stop_grad=first_order, batch_tasks=batch_tasks, task_groups=2,
+                         batched_conv_max_support=0)
     assert by_type == {k: units * v for k, v in expected(2, first_order).items()}
     # One more inner step adds exactly one step's share.
     _, more_steps = _counts(num_updates=3, stop_grad=first_order, batch_tasks=batch_tasks, task_groups=2,
