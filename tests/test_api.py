@@ -30,6 +30,7 @@ def mlp(dim=6, ways=3, extra=()):
 
 def test_meta_gradient_through_the_api_is_the_core_one():
     config = Config(datasource="omniglot", num_filters=4, update_batch_size=1, update_lr=0.4).validate()
+    keras.utils.set_random_seed(0)
     core = train.build_algorithm(config)
     model = networks.build_network(config)
     model.set_weights(core.model.get_weights())
@@ -48,8 +49,12 @@ def test_meta_gradient_through_the_api_is_the_core_one():
     meta.compile(optimizer=keras.optimizers.SGD(1.0))
     before = [v.numpy() for v in model.trainable_variables]
     meta.fit(tf.data.Dataset.from_tensors(tuple(batch)), epochs=1, verbose=0)
-    for v, w, g in zip(model.trainable_variables, before, want):  # Pre-batch-norm biases: gradient ~0, noise 1e-5.
-        np.testing.assert_allclose(v.numpy(), w - g.numpy(), rtol=1e-4, atol=2e-5)
+    for v, w, g in zip(model.trainable_variables, before, want):
+        if v.path.startswith("conv") and v.path.endswith("bias"):
+            # Right before batch norm: the true gradient is 0, and both are float noise (about 1e-5).
+            assert np.abs(v.numpy() - w).max() < 1e-4 and np.abs(g.numpy()).max() < 1e-4, v.path
+            continue
+        np.testing.assert_allclose(v.numpy(), w - g.numpy(), rtol=1e-4, atol=2e-5, err_msg=v.path)
 
 
 class Subclassed(keras.Model):
