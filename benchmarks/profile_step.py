@@ -79,12 +79,12 @@ def op_type_table(logdir: str):
     Read from the trace's events on TensorFlow's op threads (`tf_Compute`, and
     the intra-op `Eigen` pool), each event's self time being its duration less
     that of the events nested in it on the same thread; the executor's events
-    around the ops are summed as "(executor)". Durations are wall-clock: with
-    more op threads than cores, they include the time a thread waited for a
-    core, so the total can exceed the cores' time (on the MiniImagenet step,
-    2.3 core-seconds per 0.95 s step on 2 cores). The profiler's own
-    `framework_op_stats` table undercounts instead: on the same step it gave
-    Mul 27 ms per step where these events give 171-216 ms, and its total fell
+    around the ops are summed as "(executor)". Durations are wall-clock, so
+    they may include time a thread waited for a core, and the total can
+    exceed the cores' time (on the MiniImagenet step, 2.3 core-seconds per
+    0.95 s step on 2 cores). The profiler's own `framework_op_stats` table
+    undercounts instead: on one MiniImagenet trace it gave Mul 27 ms per step
+    where the events on the op threads gave 171 ms, and its total fell
     0.5 core-seconds short of the step, although both threads were busy 99% of
     it. Before batch norm's closed-form second derivative, its ops here added
     up to about the 30% of the step that removing batch norm saved
