@@ -188,7 +188,7 @@ def _batch_norm_backward(dy, x, xhat, inv, axes, count):
     """
 
     @tf.custom_gradient
-    def backward(dy, x):
+    def backward(dy, x):  # `x` is an input for its gradient only: `xhat` and `inv` carry its values.
         sum_g = tf.reduce_sum(dy, axis=axes, keepdims=True)
         a = sum_g / count
         b = tf.reduce_sum(dy * xhat, axis=axes, keepdims=True) / count
