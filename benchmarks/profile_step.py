@@ -82,8 +82,8 @@ def op_type_table(logdir: str):
     around the ops are summed as "(executor)". Durations are wall-clock, so
     they may include time a thread waited for a core, and the total can
     exceed the cores' time (on the MiniImagenet step, 2.3 core-seconds per
-    step, which takes about 0.95 s on 2 cores untraced). The profiler's own `framework_op_stats` table
-    undercounts instead: on one MiniImagenet trace it gave Mul 27 ms per step
+    step, which takes about 0.95 s on 2 cores untraced). The profiler's own
+    `framework_op_stats` table undercounts instead: on one MiniImagenet trace it gave Mul 27 ms per step
     where the events on the op threads gave 171 ms, and its total fell
     0.5 core-seconds short of the step, although both threads were busy 99% of
     it. Before batch norm's closed-form second derivative, its ops here added
