@@ -218,7 +218,7 @@ def test_tfds_images_equal_the_prepared_folder(tfds_dir, tmp_path):
         assert sorted(x.tobytes() for x in a) == sorted(x.tobytes() for x in b)
 
 
-def test_tfds_source_gives_the_folder_split(tfds_dir):
+def test_tfds_source_gives_the_folder_split(tfds_dir, tmp_path):
     background = shared("data", "omniglot", "images_background.zip")
     evaluation = shared("data", "omniglot", "images_evaluation.zip")
     released = set()
@@ -226,7 +226,7 @@ def test_tfds_source_gives_the_folder_split(tfds_dir):
         with zipfile.ZipFile(archive) as z:
             released |= {"/".join(n.split("/")[1:3]) for n in z.namelist() if n.endswith(".png")}
     listed = sorted(released, key=lambda name: tuple(name.split("/")))
-    config = omniglot_config("unused", omniglot_source="tfds", tfds_data_dir=str(tfds_dir))
+    config = omniglot_config(tmp_path, omniglot_source="tfds", tfds_data_dir=str(tfds_dir))
     tasks = make_image_tasks(config, "val", seed=0, tfds_download=False)
     assert list(tasks.classes.names) == [listed[i] for i in omniglot.split_indices(1623, "val")]
     assert tasks.classes.images.shape == (100 * 20, 28, 28, 1)
@@ -235,6 +235,20 @@ def test_tfds_source_gives_the_folder_split(tfds_dir):
     check_task(tasks, batch, 0, 0)
     train = make_image_tasks(config, "train", seed=0, tfds_download=False)  # Memoised load.
     assert train.classes.num_classes == 1100
+
+
+def test_tfds_cache_is_used_and_keyed_by_the_splits(tfds_dir, tmp_path, monkeypatch):
+    load = omniglot.load_omniglot_tfds.__wrapped__  # Past the in-process memo.
+    first = load(str(tfds_dir), download=False, splits=("small1",), cache_dir=str(tmp_path))
+    assert (tmp_path / omniglot.TFDS_CACHE_NAME).is_file()
+    with monkeypatch.context() as m:
+        m.setattr(omniglot, "resize_like_preparation", lambda *a: pytest.fail("decoded despite the cache"))
+        cached = load(str(tfds_dir), download=False, splits=("small1",), cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(cached.images, first.images)
+    np.testing.assert_array_equal(cached.offsets, first.offsets)
+    assert cached.names == first.names
+    other = load(str(tfds_dir), download=False, splits=("small2",), cache_dir=str(tmp_path))  # Decoded anew.
+    assert other.names != first.names
 
 
 def test_tfds_not_prepared_without_download(tmp_path):

@@ -171,9 +171,9 @@ def _decode_with_tensorflow(paths: Sequence[str], image_shape: Tuple[int, int, i
                          f"Prepare the data again with data/prepare_*.py.") from None
 
 
-def _fingerprint(files: Sequence[Path], root: Path) -> str:
-    """Changes when a file is added, removed, renamed, resized or rewritten."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+def fingerprint_files(files: Sequence[Path], root: Path, extra: str = "") -> str:
+    """Changes when a file is added, removed, renamed, resized or rewritten (or `extra` changes)."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}{extra}".encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
@@ -204,25 +204,35 @@ def load_class_folders(root: os.PathLike, class_dirs: Sequence[str], image_shape
         files_per_class.append(sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions))
     all_files = [p for files in files_per_class for p in files]
     cache_path = root / CACHE_NAME
-    fingerprint = _fingerprint(all_files, root) if cache else ""
-    if cache and cache_path.is_file():
-        try:
-            with np.load(cache_path, allow_pickle=False) as cached:
-                if str(cached["fingerprint"]) == fingerprint and tuple(cached["names"]) == tuple(class_dirs):
-                    return ClassImages(cached["images"], cached["offsets"], tuple(str(n) for n in cached["names"]))
-        except (OSError, ValueError, KeyError) as e:
-            _log.warning("Ignoring the unreadable cache %s (%s).", cache_path, e)
+    fingerprint = fingerprint_files(all_files, root) if cache else ""
+    cached = read_cache(cache_path, fingerprint) if cache else None
+    if cached is not None and cached.names == tuple(class_dirs):
+        return cached
     images = decode_image_files([str(p) for p in all_files], image_shape)
     offsets = np.concatenate([[0], np.cumsum([len(f) for f in files_per_class])]).astype(np.int64)
     result = ClassImages(images, offsets, tuple(class_dirs))
     if cache:
-        _write_cache(cache_path, result, fingerprint)
+        write_cache(cache_path, result, fingerprint)
     return result
 
 
-def _write_cache(path: Path, data: ClassImages, fingerprint: str) -> None:
+def read_cache(path: Path, fingerprint: str) -> Optional[ClassImages]:
+    """The images of a cache written by `write_cache` with this fingerprint; None if absent or stale."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if str(cached["fingerprint"]) == fingerprint:
+                return ClassImages(cached["images"], cached["offsets"], tuple(str(n) for n in cached["names"]))
+    except (OSError, ValueError, KeyError) as e:
+        _log.warning("Ignoring the unreadable cache %s (%s).", path, e)
+    return None
+
+
+def write_cache(path: Path, data: ClassImages, fingerprint: str) -> None:
     """Writes the cache atomically (temporary file, then rename); skips on OSError."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

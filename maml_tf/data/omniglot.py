@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from maml_tf.data.images import ClassImages, DataNotFoundError, ImageTasks, from_class_lists, load_class_folders
+from maml_tf.data.images import (ClassImages, DataNotFoundError, ImageTasks, fingerprint_files, from_class_lists,
+                                 load_class_folders, read_cache, write_cache)
 
 FOLDER_NAME = "omniglot_resized"
 IMAGE_SHAPE = (28, 28, 1)
@@ -36,6 +37,7 @@ NUM_TRAIN = 1100  # The original: num_train = 1200 - num_val.
 NUM_VAL = 100
 SPLIT_SEED = 1
 TFDS_SPLITS = ("train", "test")  # images_background, images_evaluation.
+TFDS_CACHE_NAME = ".maml_tf_tfds_omniglot.npz"  # In `config.data_dir`.
 
 
 def split_indices(num_characters: int, split: str) -> np.ndarray:
@@ -117,7 +119,7 @@ def resize_like_preparation(image: np.ndarray, size: int = IMAGE_SHAPE[0]) -> np
 
 @functools.lru_cache(maxsize=2)
 def load_omniglot_tfds(data_dir: Optional[str] = None, *, download: bool = True,
-                       splits: Sequence[str] = TFDS_SPLITS) -> ClassImages:
+                       splits: Sequence[str] = TFDS_SPLITS, cache_dir: Optional[str] = None) -> ClassImages:
     """The characters of the tensorflow-datasets `omniglot` builder, resized to 28x28.
 
     Characters are keyed `<alphabet>/character<NN>` (NN = alphabet_char_id + 1,
@@ -133,6 +135,11 @@ def load_omniglot_tfds(data_dir: Optional[str] = None, *, download: bool = True,
       download: let tensorflow-datasets download and prepare Omniglot if it
         is not in `data_dir`; False requires it prepared.
       splits: TFDS splits to read (train + test: all 1623 characters).
+      cache_dir: if given, keep the resized images in
+        `cache_dir/.maml_tf_tfds_omniglot.npz` (decoding and resizing all
+        32,460 images takes about 10 s), valid while the prepared TFDS files
+        and `splits` stay the same (names, sizes and modification times are
+        checked). An unwritable `cache_dir` only skips writing it.
 
     Returns:
       The characters' images, [num_images, 28, 28, 1] uint8 (strokes dark).
@@ -148,6 +155,14 @@ def load_omniglot_tfds(data_dir: Optional[str] = None, *, download: bool = True,
             f"tensorflow-datasets 'omniglot' is not prepared in {data_dir or 'the default data folder'} ({e}). "
             f"Allow the download, point --tfds_data_dir at a prepared copy, or use the folder source "
             f"(python data/prepare_omniglot.py).") from None
+    cache_path = Path(cache_dir) / TFDS_CACHE_NAME if cache_dir is not None else None
+    if cache_path is not None:
+        version_dir = Path(info.data_dir)
+        fingerprint = fingerprint_files(sorted(p for p in version_dir.iterdir() if p.is_file()), version_dir,
+                                        extra=f"tfds {version_dir.resolve()} {'+'.join(splits)} {IMAGE_SHAPE}")
+        cached = read_cache(cache_path, fingerprint)
+        if cached is not None:
+            return cached
     alphabet_names = info.features["alphabet"].names
     dataset = dataset.map(lambda ex: (ex["image"][..., 0], ex["alphabet"], ex["alphabet_char_id"]),
                           num_parallel_calls=tf.data.AUTOTUNE).batch(1024).prefetch(2)
@@ -157,7 +172,10 @@ def load_omniglot_tfds(data_dir: Optional[str] = None, *, download: bool = True,
             key = (alphabet_names[alphabet], f"character{char_id + 1:02d}")
             per_character.setdefault(key, []).append(resize_like_preparation(image))
     keys = sorted(per_character)
-    return from_class_lists([np.stack(per_character[k]) for k in keys], [f"{a}/{c}" for a, c in keys])
+    result = from_class_lists([np.stack(per_character[k]) for k in keys], [f"{a}/{c}" for a, c in keys])
+    if cache_path is not None:
+        write_cache(cache_path, result, fingerprint)
+    return result
 
 
 def load_omniglot(config, *, tfds_download: bool = True, cache: bool = True) -> ClassImages:
@@ -165,7 +183,8 @@ def load_omniglot(config, *, tfds_download: bool = True, cache: bool = True) -> 
     if config.omniglot_source == "folder":
         return load_omniglot_folder(Path(config.data_dir) / FOLDER_NAME, cache=cache)
     if config.omniglot_source == "tfds":
-        return load_omniglot_tfds(config.tfds_data_dir, download=tfds_download)
+        return load_omniglot_tfds(config.tfds_data_dir, download=tfds_download,
+                                  cache_dir=config.data_dir if cache else None)
     raise ValueError(f"omniglot_source must be 'folder' or 'tfds'; got {config.omniglot_source!r}.")
 
 
@@ -178,7 +197,8 @@ def omniglot_tasks(config, split: str, seed: Optional[int], *, tfds_download: bo
       split: 'train', 'val' or 'test'.
       seed: seed of the task stream.
       tfds_download: see `load_omniglot_tfds`.
-      cache: see `load_omniglot_folder`.
+      cache: keep the decoded images (see `load_omniglot_folder`; with
+        `omniglot_source='tfds'`, the `cache_dir` of `load_omniglot_tfds`).
 
     Returns:
       An `ImageTasks` with rotations and inversion on.
