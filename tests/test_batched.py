@@ -60,7 +60,11 @@ def test_forward_and_gradients_equal_per_task_calls(name):
             ref_tape.watch(task_w)
             want = functional_call(model, task_w, x[t])
             ref_total = tf.reduce_sum(tf.sin(want))
-        np.testing.assert_allclose(got[t].numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+        # float32: the grouped and the per-task convolutions sum in different orders, which oneDNN picks per
+        # CPU. On one CPU an output of 4.4376 came out 1.1e-4 apart (2.6e-5 of the largest output), against
+        # the former 1e-5 tolerance; 1e-4 of the largest output leaves a 4x margin over that measurement.
+        out_scale = float(tf.reduce_max(tf.abs(want)))
+        np.testing.assert_allclose(got[t].numpy(), want.numpy(), rtol=0, atol=1e-4 * max(out_scale, 1.0))
         ref = ref_tape.gradient(ref_total, task_w)
         # float32, other summation orders: relative to the largest gradient entry (biases right before a
         # batch norm have analytically zero gradients, i.e. float32 noise).
