@@ -28,8 +28,9 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms import ALGORITHMS, TaskBatch
+from maml_tf import algorithms
 from maml_tf.algorithms.base import refresh_statistics
+from maml_tf.types import TaskBatch
 from maml_tf.functional import functional_call
 
 _METRIC_ALIASES = {"accuracy": "categorical_accuracy", "acc": "categorical_accuracy", "mse": "mean_squared_error",
@@ -73,7 +74,7 @@ def _metric_function(name: str) -> Callable:
 
 def meta_learner(model: keras.Model, algorithm: str = "maml", *, loss=None, metrics: Sequence = (),
                  loss_fn: Optional[Callable] = None, metric_fn: Optional[Callable] = None, **options):
-    """The algorithm `algorithm` ('maml', 'reptile', 'imaml') on a built Keras model.
+    """The algorithm `algorithm` (a name of `maml_tf.algorithms.ALGORITHMS`) on a built Keras model.
 
     Args:
       model: a built Keras 3 model (Sequential, functional or subclassed; any inputs).
@@ -86,23 +87,20 @@ def meta_learner(model: keras.Model, algorithm: str = "maml", *, loss=None, metr
         `training`, `update_moving_statistics`; see each class).
 
     Returns:
-      An instance of `maml_tf.algorithms.ALGORITHMS[algorithm]`.
+      An instance of the registered class (`maml_tf.algorithms.get(algorithm)`).
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(sorted(ALGORITHMS))}; got {algorithm!r}.")
+    try:
+        cls = algorithms.get(algorithm)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
     if (loss is None) == (loss_fn is None):
         raise ValueError("Give exactly one of loss= (Keras convention) or loss_fn= (outputs, labels).")
     loss_fn = loss_fn or task_loss(loss)
     metric_fn = metric_fn or task_metrics(metrics)
-    if algorithm == "reptile":
-        options.setdefault("total_iterations", 1)
-    if algorithm == "maml":
-        options.setdefault("return_outputs", False)  # Any output structure; outputs are not needed here.
     try:
-        return ALGORITHMS[algorithm](model, loss_fn, metric_fn=metric_fn, **options)
+        return cls(model, loss_fn, metric_fn=metric_fn, **{**cls.library_defaults, **options})
     except TypeError as e:
-        raise TypeError(f"{algorithm}: {e}. See help(maml_tf.algorithms.{ALGORITHMS[algorithm].__name__}) for its "
-                        "options.") from None
+        raise TypeError(f"{algorithm}: {e}. See help(maml_tf.algorithms.{cls.__name__}) for its options.") from None
 
 
 class FastModel:
@@ -168,6 +166,7 @@ class MetaModel(keras.Model):
         self.eval_steps = eval_steps
         self.options = dict(options)
         self.learner = meta_learner(model, algorithm, loss=loss, metrics=self.metric_specs, **self.options)
+        self.meta_parameters = self.learner.meta_parameters  # Saved with the model (e.g. Meta-SGD's step sizes).
         self.metric_names = [_name(m) for m in self.metric_specs]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in
                           ["loss", "pre_loss"] + [p + n for n in self.metric_names for p in ("", "pre_")]}
@@ -200,7 +199,7 @@ class MetaModel(keras.Model):
 
     def compile_from_config(self, config):
         self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
-        self.optimizer.build(self.base_model.trainable_variables)  # So that its saved state loads.
+        self.optimizer.build(self.learner.meta_variables)  # So that its saved state loads.
 
     @property
     def metrics(self):
@@ -223,8 +222,7 @@ class MetaModel(keras.Model):
     def train_step(self, data):
         batch = _to_task_batch(data)
         grads, results = self.learner.meta_gradients(batch)
-        grads = self.learner.clip(grads)
-        results.update(self.learner.apply_optimizer(self.optimizer, grads))  # The learner's model is base_model.
+        results.update(self.learner.outer_step(grads, self.optimizer))  # The learner's model is base_model.
         if self.learner.update_moving_statistics:
             refresh_statistics(self.base_model, batch.support_x, self.learner.training)
         return self._logs(results)

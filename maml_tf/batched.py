@@ -124,10 +124,15 @@ class TaskBatchedNetwork:
             self.weight_indices.append(ids)
 
     # ---------------------------------------------------------- weight layout
-    def per_task(self, weights: Sequence, num_tasks) -> list:
-        """The same weights for each of `num_tasks` tasks, in task layout."""
+    def per_task(self, weights: Sequence, num_tasks, indices: Optional[Sequence[int]] = None) -> list:
+        """The same weights for each of `num_tasks` tasks, in task layout.
+
+        `indices`: which of the model's trainable variables `weights` align with (default: all of them);
+        tensors of those variables' shapes (e.g. per-parameter step sizes) take their layout.
+        """
+        indices = range(len(self.grouped)) if indices is None else indices
         out = []
-        for w, grouped in zip(weights, self.grouped):
+        for w, grouped in zip(weights, [self.grouped[i] for i in indices]):
             if grouped:  # Last axis: T blocks, task-major.
                 out.append(tf.tile(w, tf.concat([tf.ones([w.shape.rank - 1], tf.int32), [num_tasks]], 0)))
             else:
@@ -143,23 +148,25 @@ class TaskBatchedNetwork:
         return out
 
     # ---------------------------------------------------------------- forward
-    def __call__(self, weights: Sequence, x):
+    def __call__(self, weights: Sequence, x, differentiated_once: bool = False):
         """Outputs `[T, N, ...]` of task t's weights on `x[t]` for each task.
 
         Args:
           weights: task-layout weights (see `per_task`), aligned with
             `model.trainable_variables`.
           x: inputs `[T, N, ...]`.
+          differentiated_once: the caller differentiates this pass at most
+            once: batch norm may use the fused kernel (`exact_normalize`).
         """
         num_tasks = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
         h, grouped = x, False
         for layer, ids in zip(self.layers, self.weight_indices):
-            h, grouped = _apply(layer, [weights[i] for i in ids], h, grouped, num_tasks)
+            h, grouped = _apply(layer, [weights[i] for i in ids], h, grouped, num_tasks, differentiated_once)
         h = _to_tasks(h, num_tasks) if grouped else h
         return tf.cast(h, weights[0].dtype)  # Mixed precision: outputs in the variables' dtype, as `forward`.
 
 
-def _apply(layer, params, h, grouped: bool, num_tasks):
+def _apply(layer, params, h, grouped: bool, num_tasks, fused: bool = False):
     """One layer on activations in the current layout; returns `(outputs, grouped)`."""
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):  # In the layer's compute dtype.
         h, params = tf.cast(h, layer.compute_dtype), [tf.cast(p, layer.compute_dtype) for p in params]
@@ -188,9 +195,10 @@ def _apply(layer, params, h, grouped: bool, num_tasks):
         h, grouped = _to_grouped(h), True  # Images before any conv.
     if isinstance(layer, BatchNormTF1):
         if grouped:  # [N, H, W, T*C]: moments over (N, H, W) of each task's channel.
-            return exact_normalize(h, list(range(h.shape.rank - 1)), layer.epsilon, params[0]), True
+            return exact_normalize(h, list(range(h.shape.rank - 1)), layer.epsilon, params[0], fused=fused), True
         # [T, N, F]: over N.
-        return exact_normalize(h, list(range(1, h.shape.rank - 1)), layer.epsilon, params[0][:, None, :]), False
+        return exact_normalize(h, list(range(1, h.shape.rank - 1)), layer.epsilon, params[0][:, None, :],
+                              fused=fused), False
     if isinstance(layer, LayerNormTF1):
         beta, gamma = params
         if grouped:  # [N, H, W, T, C]: moments over (H, W, C) of each example and task.

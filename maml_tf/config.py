@@ -1,113 +1,127 @@
-"""The plain configuration object of a run: the original flags plus the port's own.
+"""The plain configuration object of a run: the original flags, the port's own, and the algorithm's options.
 
-`main.py` turns absl flags into a `Config`; nothing below `main.py` reads flags.
-Field names are the original flag names, so the README's flag table maps one to
-one. Derived quantities that the original computed inside `main()` (the number
-of inner steps built for reporting, the experiment folder name) live here as
-methods so that the training loop, the tests and the CLI agree on them.
+`main.py` builds its flags from these fields (and from each registered
+algorithm's options dataclass, as `--<prefix>_<name>`) and turns them into a
+`Config`; nothing below `main.py` reads flags. Field names are the original
+flag names. Quantities that the original computed inside `main()` (the inner
+steps reported, the experiment folder's name) are methods here, so that the
+training loop, the tests and the CLI agree on them. No TensorFlow import.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
-DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
+from maml_tf import algorithms
+from maml_tf.data import DATASOURCES
+from maml_tf.options import AlgorithmOptions, ConfigError, option
+
+__all__ = ["Config", "ConfigError"]
+
 NORMS = ("batch_norm", "layer_norm", "None")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says what to change."""
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class Config:
-    """Every option of a run. Defaults are the original `main.py` defaults."""
+    """Every option of a run. Defaults are the original `main.py` defaults.
 
-    # Dataset / method.
-    datasource: str = "sinusoid"
-    num_classes: int = 5
-    baseline: Optional[str] = None
-    algorithm: str = "maml"
+    `Config(**kwargs)` takes the fields below, and the selected algorithm's
+    options either as `options=` or flat with their flag prefix
+    (`Config(algorithm="imaml", imaml_lam=2.0)`); prefixed options of other
+    registered algorithms are ignored.
+    """
+
+    # Dataset / method (the original's).
+    datasource: str = option("sinusoid", "sinusoid or omniglot or miniimagenet", choices=tuple(DATASOURCES))
+    num_classes: int = option(5, "number of classes used in classification (e.g. 5-way classification).")
+    baseline: Optional[str] = option(None, "oracle, or None")
+    algorithm: str = option("maml", "meta-learning algorithm (docs/algorithms/).", choices=tuple(algorithms.ALGORITHMS))
     # Training.
-    pretrain_iterations: int = 0
-    metatrain_iterations: int = 15000
-    meta_batch_size: int = 25
-    meta_lr: float = 0.001
-    update_batch_size: int = 5
-    update_lr: float = 1e-3
-    num_updates: int = 1
+    pretrain_iterations: int = option(0, "number of pre-training iterations.")
+    metatrain_iterations: int = option(15000, "number of metatraining iterations.")
+    meta_batch_size: int = option(25, "number of tasks sampled per meta-update")
+    meta_lr: float = option(0.001, "the outer (meta) optimiser's step size.")
+    update_batch_size: int = option(5, "number of examples used for inner gradient update (K for K-shot learning).")
+    update_lr: float = option(1e-3, "step size alpha for inner gradient update.")
+    num_updates: int = option(1, "number of inner gradient updates during training.")
     # Model.
-    norm: str = "batch_norm"
-    num_filters: int = 64
-    conv: bool = True
-    max_pool: bool = False
-    stop_grad: bool = False
+    norm: str = option("batch_norm", "batch_norm, layer_norm, or None", choices=NORMS)
+    num_filters: int = option(64, "number of filters for conv nets -- 32 for miniimagenet, 64 for omniglot.")
+    conv: bool = option(True, "whether or not to use a convolutional network, only applicable in some cases")
+    max_pool: bool = option(False, "Whether or not to use max pooling rather than strided convolutions")
+    stop_grad: bool = option(False, "if True, do not use second derivatives in meta-optimization (for speed)")
     # Logging, saving, testing.
-    log: bool = True
-    logdir: str = "/tmp/data"
-    resume: bool = True
-    train: bool = True
-    test_iter: int = -1
-    test_set: bool = False
-    train_update_batch_size: int = -1
-    train_update_lr: float = -1.0
+    log: bool = option(True, "if false, do not log summaries, for debugging code.")
+    logdir: str = option("/tmp/data", "directory for summaries and checkpoints.")
+    resume: bool = option(True, "resume training if there is a model available")
+    train: bool = option(True, "True to train, False to test.")
+    test_iter: int = option(-1, "iteration to load model (-1 for latest model)")
+    test_set: bool = option(False, "Set to true to test on the test set, False for the validation set.")
+    train_update_batch_size: int = option(-1, "number of examples used for gradient update during training "
+                                              "(use if you want to test with a different number).")
+    train_update_lr: float = option(-1.0, "value of inner gradient step step during training. "
+                                          "(use if you want to test with a different value)")
     # Port-only options.
-    seed: int = 0
-    num_test_tasks: int = 600
-    data_dir: str = "data"  # Holds omniglot_resized/ and miniImagenet/ (the original's ./data).
-    omniglot_source: str = "folder"  # 'folder' (data_dir/omniglot_resized) or 'tfds'.
-    tfds_data_dir: Optional[str] = None  # tensorflow-datasets folder for omniglot_source='tfds'.
-    progress: bool = True
-    # Speed (results are the same either way, but mixed_precision rounds to float16).
-    batch_tasks: bool = True  # MAML: a meta-batch's tasks at once (maml_tf.batched) where the network allows.
-    batched_conv_max_support: int = 10  # ... conv nets only below this many support examples per task (0: always).
-    task_groups: int = 0  # Groups of tasks run in parallel when batched; 0: two per CPU core (1 on a GPU or XLA).
-    intra_op_threads: int = 1  # Threads per TensorFlow op; 0: TensorFlow's default (every core).
-    jit_compile: bool = False  # XLA-compile the train and evaluation steps.
-    mixed_precision: bool = False  # float16 compute (Keras 'mixed_float16'), float32 variables, loss scaling.
-    import_checkpoint: Optional[str] = None  # A TF1 checkpoint of the original code to start from.
-    export_checkpoint: Optional[str] = None  # Write the final weights as a TF1 checkpoint here.
-    # Reptile (--algorithm=reptile): the authors' options and defaults (`openai/supervised-reptile`).
-    # Shared flags: --num_classes (classes), --update_batch_size (shots), --meta_batch_size (meta-batch),
-    # --metatrain_iterations (meta-iters), --seed.
-    reptile_train_shots: int = 0  # Shots per class in training tasks (0: --update_batch_size).
-    reptile_inner_batch: int = 5
-    reptile_inner_iters: int = 20
-    reptile_replacement: bool = False
-    reptile_learning_rate: float = 1e-3  # Inner Adam (or SGD) step size.
-    reptile_meta_step: float = 0.1
-    reptile_meta_step_final: float = 0.1
-    reptile_eval_batch: int = 5
-    reptile_eval_iters: int = 50
-    reptile_weight_decay: float = 1.0
-    reptile_transductive: bool = False
-    reptile_sgd: bool = False
-    reptile_foml: bool = False
-    reptile_foml_tail: int = 0  # 0: none.
-    # iMAML (--algorithm=imaml): the authors' defaults (`aravindr93/imaml_dev`); shared flags: --meta_lr (outer
-    # Adam step size), --meta_batch_size, --metatrain_iterations, --num_classes, --update_batch_size.
-    imaml_lam: float = 1.0
-    imaml_solver: str = "gd"  # 'gd' or 'hessian_free'.
-    imaml_n_steps: int = 16
-    imaml_inner_lr: float = 1e-2
-    imaml_cg_steps: int = 5
-    imaml_cg_damping: float = 1.0
-    imaml_lam_damping: float = 10.0
-    imaml_hf_cg_steps: int = 5
+    seed: int = option(0, "seed of the training task sampler and the weight initialisers.")
+    num_test_tasks: int = option(600, "tasks evaluated with --train=False (the original uses 600).")
+    data_dir: str = option("data", "folder holding omniglot_resized/ and miniImagenet/ (the original's ./data).")
+    omniglot_source: str = option("folder", "read Omniglot from data_dir/omniglot_resized or from "
+                                            "tensorflow-datasets.", choices=("folder", "tfds"))
+    tfds_data_dir: Optional[str] = option(None, "tensorflow-datasets folder (omniglot_source=tfds).")
+    progress: bool = option(True, "show a progress bar on a terminal.")
+    import_checkpoint: Optional[str] = option(
+        None, "start from (or, with --train=False, evaluate) a TF1 checkpoint written by the original code, "
+              "e.g. logs/miniimagenet1shot/.../model59000.")
+    export_checkpoint: Optional[str] = option(None, "after training or testing, write the weights as a TF1 "
+                                                    "checkpoint the original code can restore.")
+    # Execution (the results are the same with any of these but --mixed_precision, which rounds to float16).
+    batch_tasks: bool = option(True, "run a meta-batch's tasks at once (grouped convolutions, batched matmuls) "
+                                     "where the algorithm and network allow it and it was faster (see "
+                                     "--batched_conv_max_support); False: one by one with tf.map_fn, as the "
+                                     "original.")
+    batched_conv_max_support: int = option(10, "with --batch_tasks: conv nets run task-batched only when a task "
+                                               "has fewer support examples than this (0: always); larger tasks "
+                                               "were faster one by one.")
+    task_groups: int = option(0, "with --batch_tasks: groups of tasks run in parallel; 0: two per CPU core "
+                                 "(1 on a GPU or with --jit_compile).")
+    intra_op_threads: int = option(1, "threads each TensorFlow op may use; 1 (default) runs independent ops "
+                                      "(tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")
+    jit_compile: bool = option(False, "XLA-compile the train and evaluation steps (faster for the small sinusoid "
+                                      "network, slower for conv nets on a CPU: benchmarks/README.md).")
+    mixed_precision: bool = option(False, "compute in float16 with float32 variables, losses, fast-weight updates "
+                                          "and batch-norm moments, and dynamic loss scaling (for GPUs; results "
+                                          "differ from float32 by float16 rounding).")
+    # The selected algorithm's own options (`maml_tf.algorithms.options`); flags `--<prefix>_<name>`.
+    options: AlgorithmOptions = dataclasses.field(default=None, metadata={"flag": False})
+
+    def __init__(self, **kwargs):
+        options = kwargs.pop("options", None)
+        for f in dataclasses.fields(self):
+            if f.name != "options":
+                setattr(self, f.name, kwargs.pop(f.name, f.default))
+        try:
+            self.algorithm = algorithms.canonical(self.algorithm)  # An alias (e.g. metasgd) -> its registry name.
+        except ValueError:
+            pass  # `validate` says what is allowed.
+        entry = algorithms.ALGORITHMS.get(self.algorithm)
+        if entry is not None:
+            mine = {k[len(entry.prefix) + 1:]: kwargs.pop(k) for k in list(kwargs) if k.startswith(entry.prefix + "_")}
+            options = options or entry.options(**mine)
+        prefixes = tuple(e.prefix + "_" for e in algorithms.ALGORITHMS.values())
+        unknown = [k for k in kwargs if not k.startswith(prefixes)]
+        if unknown:
+            raise TypeError(f"Config got unexpected options: {', '.join(unknown)}.")
+        self.options = options
 
     # ----------------------------------------------------------------- checks
     def validate(self) -> "Config":
         """Raises `ConfigError` for values the original would crash or misbehave on."""
-        from maml_tf import algorithms  # Local import: registry lives there.
-
-        if self.datasource not in DATASOURCES:
-            raise ConfigError(f"--datasource must be one of {', '.join(DATASOURCES)}; got {self.datasource!r}.")
-        if self.norm not in NORMS:
-            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
-        if self.algorithm not in algorithms.ALGORITHMS:
-            raise ConfigError(
-                f"--algorithm must be one of {', '.join(sorted(algorithms.ALGORITHMS))}; got {self.algorithm!r}.")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}.")
         if self.baseline not in (None, "oracle"):
             raise ConfigError(f"--baseline must be 'oracle' or unset; got {self.baseline!r}.")
         if self.baseline == "oracle" and self.datasource != "sinusoid":
@@ -123,55 +137,42 @@ class Config:
                 raise ConfigError(f"--{name} must be non-negative; got {getattr(self, name)}.")
         if self.num_updates < 1:
             raise ConfigError(f"--num_updates must be at least 1; got {self.num_updates}.")
-        if self.meta_lr < 0 or self.update_lr < 0:
-            raise ConfigError("--meta_lr and --update_lr must be non-negative.")
+        for name in ("meta_lr", "update_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"--{name} must be a finite non-negative number; got {getattr(self, name)}.")
         if self.train_update_batch_size < -1 or self.train_update_batch_size == 0:
             raise ConfigError("--train_update_batch_size must be -1 (same as --update_batch_size) or positive.")
-        if self.algorithm != "maml":
-            self._validate_other_algorithm()
-        if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
-            raise ConfigError("MiniImagenet's conv net flattens a 5x5 map and needs --max_pool=True "
+        if self.algorithm != "maml" and (self.pretrain_iterations or self.baseline):
+            raise ConfigError(f"--pretrain_iterations and --baseline belong to MAML, not --algorithm={self.algorithm}.")
+        if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:
+            raise ConfigError(f"{self.datasource}'s conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")
+        self.options.validate(self)
         return self
 
-    def _validate_other_algorithm(self) -> None:
-        if self.pretrain_iterations or self.baseline:
-            raise ConfigError(f"--pretrain_iterations and --baseline belong to MAML, not --algorithm={self.algorithm}.")
-        if self.algorithm == "imaml":
-            if self.imaml_solver not in ("gd", "hessian_free"):
-                raise ConfigError(f"--imaml_solver must be gd or hessian_free; got {self.imaml_solver!r}.")
-            if self.imaml_lam <= 0:
-                raise ConfigError(f"--imaml_lam must be positive; got {self.imaml_lam}.")
-            if self.imaml_n_steps < 0 or self.imaml_cg_steps < 0 or self.imaml_hf_cg_steps < 1:
-                raise ConfigError("--imaml_n_steps and --imaml_cg_steps must be non-negative, --imaml_hf_cg_steps "
-                                  "positive.")
-        if self.algorithm == "reptile":
-            for name in ("reptile_inner_batch", "reptile_inner_iters", "reptile_eval_batch"):
-                if getattr(self, name) < 1:
-                    raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
-            if self.reptile_train_shots < 0 or self.reptile_eval_iters < 0 or self.reptile_foml_tail < 0:
-                raise ConfigError("--reptile_train_shots, --reptile_eval_iters and --reptile_foml_tail must be "
-                                  "non-negative.")
-            if self.reptile_foml_tail and not self.reptile_foml:
-                raise ConfigError("--reptile_foml_tail needs --reptile_foml=True.")
-            if self.reptile_foml_tail >= self.support_per_class("train"):
-                raise ConfigError(f"--reptile_foml_tail={self.reptile_foml_tail} must be smaller than the training "
-                                  f"shots ({self.support_per_class('train')}, --reptile_train_shots).")
-            pool = self.support_per_class("train") * self.num_ways
-            if self.reptile_replacement and self.reptile_inner_batch > pool:
-                raise ConfigError(f"--reptile_inner_batch={self.reptile_inner_batch} is larger than a training "
-                                  f"task ({pool} examples); mini-batches with replacement must fit.")
+    def flat(self) -> dict:
+        """Every field, the algorithm's options as `<prefix>_<name>` (the flags' names)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        prefix = algorithms.ALGORITHMS[self.algorithm].prefix if self.algorithm in algorithms.ALGORITHMS else None
+        if prefix and self.options is not None:
+            out.update({f"{prefix}_{k}": v for k, v in dataclasses.asdict(self.options).items()})
+        return out
 
     # --------------------------------------------------------------- derived
+    @property
+    def datasource_spec(self):
+        """The registry entry of `datasource` (`maml_tf.data.Datasource`)."""
+        return DATASOURCES[self.datasource]
+
     def support_per_class(self, split: str) -> int:
-        """Support (training) examples per class of a task of `split` (K; Reptile trains on its train shots)."""
-        if split == "train" and self.algorithm == "reptile" and self.reptile_train_shots:
-            return self.reptile_train_shots
+        """Support (training) examples per class of a task of `split` (K, unless the algorithm trains on others)."""
+        if split == "train":
+            return self.options.training_shots(self) or self.update_batch_size
         return self.update_batch_size
 
     @property
     def classification(self) -> bool:
-        return self.datasource != "sinusoid"
+        return self.datasource_spec.classification
 
     @property
     def num_ways(self) -> int:
@@ -181,11 +182,8 @@ class Config:
     @property
     def test_num_updates(self) -> int:
         """Inner steps reported, as chosen in the original `main()`."""
-        if self.datasource == "sinusoid":
-            return 5 if self.train else 10
-        if self.datasource == "miniimagenet":
-            return 1 if self.train else 10
-        return 10
+        training, testing = self.datasource_spec.test_num_updates
+        return training if self.train else testing
 
     @property
     def num_steps_reported(self) -> int:
@@ -195,8 +193,8 @@ class Config:
     @property
     def num_query_per_class(self) -> int:
         """K query points (15 for MiniImagenet training, as the original)."""
-        if self.datasource == "miniimagenet" and self.train:
-            return 15
+        if self.train and self.datasource_spec.train_query_per_class:
+            return self.datasource_spec.train_query_per_class
         return self.update_batch_size
 
     @property
@@ -206,7 +204,7 @@ class Config:
     @property
     def clip_value(self) -> Optional[float]:
         """Elementwise meta-gradient clipping: the original clips MiniImagenet only."""
-        return 10.0 if self.datasource == "miniimagenet" else None
+        return self.datasource_spec.clip_value
 
     @property
     def effective_train_update_batch_size(self) -> int:
@@ -240,28 +238,13 @@ class Config:
         if self.baseline:
             s += self.baseline
         s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
-        if self.algorithm != "maml":
-            # Port-only: other algorithms get their own folder; MAML keeps the original name.
-            s += f".{self.algorithm}"
-        if self.algorithm == "reptile":  # Training options only: one run is tested in both evaluation modes.
-            s += (f".ts{self.support_per_class('train')}.ib{self.reptile_inner_batch}.ii{self.reptile_inner_iters}"
-                  f".lr{self.reptile_learning_rate:g}.ms{self.reptile_meta_step:g}-{self.reptile_meta_step_final:g}")
-            s += ("sgd" if self.reptile_sgd else "") + ("rep" if self.reptile_replacement else "")
-            s += (f"wd{self.reptile_weight_decay:g}" if self.reptile_weight_decay != 1 else "")
-            s += (f"foml{self.reptile_foml_tail}" if self.reptile_foml else "")
-        if self.algorithm == "imaml":
-            s += (f".{self.imaml_solver}.lam{self.imaml_lam:g}.n{self.imaml_n_steps}"
-                  + (f".lr{self.imaml_inner_lr:g}" if self.imaml_solver == "gd" else f".hfcg{self.imaml_hf_cg_steps}")
-                  + f".cg{self.imaml_cg_steps}.d{self.imaml_cg_damping:g}-{self.imaml_lam_damping:g}")
+        if self.algorithm != "maml":  # Port-only: other algorithms get their own folder; MAML keeps the original's.
+            s += f".{self.algorithm}" + self.options.exp_suffix(self)
         return s
 
     def test_file_stem(self) -> str:
         """`test_ubs{K}_stepsize{lr}`, the original name of the test outputs."""
-        stem = f"test_ubs{self.update_batch_size}_stepsize{_py2_float(self.update_lr)}"
-        if self.algorithm == "reptile":
-            stem += (f".eb{self.reptile_eval_batch}.ei{self.reptile_eval_iters}"
-                     f".{'transductive' if self.reptile_transductive else 'nontransductive'}")
-        return stem
+        return f"test_ubs{self.update_batch_size}_stepsize{_py2_float(self.update_lr)}" + self.options.test_suffix(self)
 
 
 def _py2_float(x: float) -> str:

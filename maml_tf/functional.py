@@ -10,12 +10,14 @@ inner update touches only the weight dictionary).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Callable, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from maml_tf import networks
 from maml_tf.networks import NORMALIZATION_LAYERS
 
 
@@ -36,7 +38,8 @@ def check_weights(model: keras.Model, weights: Sequence) -> None:
 
 
 def functional_call(model: keras.Model, weights: Sequence, inputs, training: bool = True,
-                    non_trainable: Optional[Sequence] = None):
+                    non_trainable: Optional[Sequence] = None, *, step=None, condition=None,
+                    differentiated_once: bool = False):
     """Runs `model(inputs)` with `weights` in place of its trainable variables.
 
     Args:
@@ -47,6 +50,14 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
         always uses batch statistics).
       non_trainable: values for `model.non_trainable_variables` (default: their
         current values).
+      step: the 0-based inner step, passed as `model.call(..., step=step)` to
+        a model whose `call` takes it (per-step batch norm); ignored otherwise.
+      condition: a conditioning input, passed as `model.call(..., condition=...)`
+        (FiLM modulation from a task encoder); the model's `call` must take it.
+      differentiated_once: the caller takes at most a first derivative through
+        this pass (MAML's query pass), so batch norm may run TensorFlow's fused
+        kernel, whose second derivative is inexact (`networks.exact_normalize`).
+        Only this call's trace is affected.
 
     Returns:
       The model outputs.
@@ -54,8 +65,21 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
     check_weights(model, weights)
     if non_trainable is None:
         non_trainable = current_non_trainable(model, fresh_seeds=training)
-    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, **training_kwargs(model, training))
+    kwargs = training_kwargs(model, training)
+    if step is not None and takes_argument(model, "step"):
+        kwargs["step"] = step
+    if condition is not None:
+        if not takes_argument(model, "condition"):
+            raise ValueError(f"A condition was given but {type(model).__name__}.call takes no `condition` argument.")
+        kwargs["condition"] = condition
+    with networks.differentiated_once() if differentiated_once else contextlib.nullcontext():
+        outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, **kwargs)
     return outputs
+
+
+def takes_argument(model: keras.Model, name: str) -> bool:
+    """Whether `model.call` has a parameter `name` (explicitly, not through `**kwargs`)."""
+    return name in inspect.signature(model.call).parameters
 
 
 def training_kwargs(model: keras.Model, training: bool) -> dict:

@@ -36,10 +36,12 @@ import keras
 import tensorflow as tf
 
 from maml_tf.config import Config
+from maml_tf.data import DATASOURCES
 
 
 # --------------------------------------------------------------- normalisation
-def exact_normalize(x: tf.Tensor, axes: Sequence[int], epsilon: float, offset, scale=None) -> tf.Tensor:
+def exact_normalize(x: tf.Tensor, axes: Sequence[int], epsilon: float, offset, scale=None,
+                    fused: bool = False) -> tf.Tensor:
     """`(x - mean) / sqrt(variance + epsilon) * scale + offset` with moments over `axes`.
 
     The derivatives of every order are exact: the variance is the mean square of
@@ -54,12 +56,15 @@ def exact_normalize(x: tf.Tensor, axes: Sequence[int], epsilon: float, offset, s
     `_normalize_closed_form`, built from ops the enclosing tapes record, so
     higher derivatives stay exact; eagerly (where `tf.custom_gradient` stops the
     tapes during the forward pass) it is plain automatic differentiation.
+
+    `fused`: the caller differentiates this pass at most once (see
+    `differentiated_once`), so batch norm may run TensorFlow's fused kernel.
     """
     x32 = _at_least_float32(x)
     params = [tf.cast(offset, x32.dtype)] + ([] if scale is None else [tf.cast(scale, x32.dtype)])
     if tf.executing_eagerly():
         y = _normalize_autodiff(x32, axes, epsilon, *params)
-    elif _differentiated_once.depth and _fusable(x32, axes, params):
+    elif (fused or _differentiated_once.depth) and _fusable(x32, axes, params):
         y = _fused_batch_norm(x32, epsilon, params[0])
     else:
         y = _normalize_closed_form(x32, tuple(axes), epsilon, *params)
@@ -350,24 +355,20 @@ def build_conv(input_shape, dim_output: int, num_filters: int, norm: str, max_po
     return keras.Model(inputs, out, name="conv")
 
 
-INPUT_SHAPES = {"sinusoid": (1,), "omniglot": (28, 28, 1), "miniimagenet": (84, 84, 3)}
-
-
 def input_shape(config: Config):
     if config.baseline == "oracle":
         return (3,)  # x, amplitude, phase.
-    return INPUT_SHAPES[config.datasource]
+    return DATASOURCES[config.datasource].input_shape
 
 
 def _fc_from_config(config: Config, dtype):
-    hidden = [40, 40] if config.datasource == "sinusoid" else [256, 128, 64, 64]
-    return build_fc(input_shape(config), config.num_ways, hidden, config.norm, dtype)
+    return build_fc(input_shape(config), config.num_ways, list(DATASOURCES[config.datasource].fc_hidden),
+                    config.norm, dtype)
 
 
 def _conv_from_config(config: Config, dtype):
-    head = "flatten" if config.datasource == "miniimagenet" else "mean"
     return build_conv(input_shape(config), config.num_ways, config.num_filters, config.norm,
-                      config.max_pool, head, dtype)
+                      config.max_pool, DATASOURCES[config.datasource].conv_head, dtype)
 
 
 NETWORKS: Dict[str, Callable[[Config, str], keras.Model]] = {"fc": _fc_from_config, "conv": _conv_from_config}

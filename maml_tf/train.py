@@ -48,7 +48,7 @@ def configure_threads(config: Config) -> None:
 def build_algorithm(config: Config, model=None):
     """The algorithm of `config.algorithm` on the original network for `config`."""
     model = model or networks.build_network(config)
-    algo = algorithms.ALGORITHMS[config.algorithm].from_config(config, model)
+    algo = algorithms.get(config.algorithm).from_config(config, model)
     if config.jit_compile:
         algo.compile(jit_compile=True)
     return algo

@@ -176,10 +176,11 @@ def test_default_task_groups_two_per_core_on_a_cpu_one_under_xla():
     x = lambda: tf.constant(rng.random((25, 3, 1), np.float32))
     batch = TaskBatch(x(), x(), x(), x())
     cpu_only = not tf.config.list_physical_devices("GPU")
-    assert len(algo._groups(batch)) == (min(2 * os.cpu_count(), 25) if cpu_only else 1)
+    groups = lambda algo: algo.execution.backend(batch).split(batch)  # noqa: E731
+    assert len(groups(algo)) == (min(2 * os.cpu_count(), 25) if cpu_only else 1)
     algo.compile(jit_compile=True)
-    assert len(algo._groups(batch)) == 1
-    assert len(MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, task_groups=3)._groups(batch)) == 3
+    assert len(groups(algo)) == 1
+    assert len(groups(MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1, task_groups=3))) == 3
 
 
 def test_conv_nets_run_task_batched_by_default_only_for_small_support_sets():

@@ -1,10 +1,68 @@
-"""Registry of meta-learning algorithms, looked up by `--algorithm`."""
+"""The algorithm registry: name -> the algorithm class and its options (imports no TensorFlow).
 
-from maml_tf.algorithms.base import MetaLearner, TaskBatch
-from maml_tf.algorithms.maml import MAML, tf1_adam
-from maml_tf.algorithms.reptile import Reptile
-from maml_tf.algorithms.imaml import IMAML
+Each entry names the class by module path, so that `main.py` can build the
+flags and validate them without importing TensorFlow; `get(name)` imports it.
+An algorithm's options dataclass lives in its registry entry's module
+(`maml_tf/algorithms/options.py`) for the same reason.
 
-ALGORITHMS = {"maml": MAML, "reptile": Reptile, "imaml": IMAML}
+Adding an algorithm: one module with the class (composing `maml_tf.core`),
+its options dataclass, one entry here, and its tests.
+"""
 
-__all__ = ["ALGORITHMS", "IMAML", "MAML", "MetaLearner", "Reptile", "TaskBatch", "tf1_adam"]
+from __future__ import annotations
+
+import importlib
+from typing import Dict, NamedTuple, Tuple
+
+from maml_tf.algorithms import options as _options
+
+
+class AlgorithmEntry(NamedTuple):
+    """`target`: 'module:Class'; `options`: its options dataclass; `prefix`: of its flags."""
+
+    target: str
+    options: type
+    prefix: str
+    aliases: Tuple[str, ...] = ()
+
+    def load(self) -> type:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+ALGORITHMS: Dict[str, AlgorithmEntry] = {
+    "maml": AlgorithmEntry("maml_tf.algorithms.maml:MAML", _options.MAMLOptions, "maml"),
+    "reptile": AlgorithmEntry("maml_tf.algorithms.reptile:Reptile", _options.ReptileOptions, "reptile"),
+    "imaml": AlgorithmEntry("maml_tf.algorithms.imaml:IMAML", _options.IMAMLOptions, "imaml"),
+    "meta_sgd": AlgorithmEntry("maml_tf.algorithms.meta_sgd:MetaSGD", _options.MetaSGDOptions, "metasgd",
+                               aliases=("metasgd", "meta-sgd")),
+    "anil": AlgorithmEntry("maml_tf.algorithms.anil:ANIL", _options.ANILOptions, "anil"),
+}
+
+
+def canonical(name: str) -> str:
+    """The registry name of `name` or of one of its aliases; raises `ValueError` for an unknown one."""
+    for key, entry in ALGORITHMS.items():
+        if name == key or name in entry.aliases:
+            return key
+    raise ValueError(f"Unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}.")
+
+
+def get(name: str) -> type:
+    """The algorithm class registered as `name` (imports TensorFlow)."""
+    return ALGORITHMS[canonical(name)].load()
+
+
+_LAZY = {"MAML": "maml", "Reptile": "reptile", "IMAML": "imaml", "MetaSGD": "meta_sgd", "ANIL": "anil"}
+
+
+def __getattr__(name):  # `from maml_tf.algorithms import MAML, TaskBatch, MetaLearner` without an eager TF import.
+    if name in _LAZY:
+        return get(_LAZY[name])
+    if name == "TaskBatch":
+        from maml_tf.types import TaskBatch
+        return TaskBatch
+    if name in ("MetaLearner", "tf1_adam"):
+        module = "base" if name == "MetaLearner" else "maml"
+        return getattr(importlib.import_module(f"maml_tf.algorithms.{module}"), name)
+    raise AttributeError(f"module 'maml_tf.algorithms' has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""What every algorithm shares: the task-batch type, the model and its inner-loop split, forward passes,
-loss checks, and the layout of the results (`totals`).
+"""What every algorithm shares: the model and its inner-loop split, its meta-parameters, the forward pass,
+the outer step, checkpoints and the layout of the results (`totals`).
 
 Results of every algorithm's `train_step`/`evaluate` are means over the tasks
 of a batch, with the original MAML names: `total_loss1` (query loss before
@@ -13,33 +13,39 @@ all a lean MAML training step reports after adaptation.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
-from maml_tf.functional import (ParameterSplit, current_non_trainable, functional_call, is_seed_state,
-                                training_kwargs)
+from maml_tf.core.execution import Execution
+from maml_tf.core.outer import DynamicLossScale, clip_by_value, outer_update
+from maml_tf.functional import ParameterSplit, current_non_trainable, functional_call, is_seed_state, training_kwargs
+from maml_tf.types import TaskBatch
+
+__all__ = ["MetaLearner", "MetaParameters", "TaskBatch", "refresh_statistics"]
 
 
-class TaskBatch(NamedTuple):
-    """A meta-batch of tasks; every field has a leading task axis.
+@keras.saving.register_keras_serializable(package="maml_tf")
+class MetaParameters(keras.layers.Layer):
+    """Meta-parameters an algorithm owns beyond the model's weights (step sizes, particles, an encoder's
+    weights, ...): a layer, so that checkpoints, `MetaModel.save` and Keras optimisers handle them as weights."""
 
-    support_x: [tasks, num_support, ...]; support_y: [tasks, num_support, out]
-    query_x:   [tasks, num_query, ...];   query_y:   [tasks, num_query, out]
-    """
-
-    support_x: tf.Tensor
-    support_y: tf.Tensor
-    query_x: tf.Tensor
-    query_y: tf.Tensor
+    def add(self, name: str, initial_value, trainable: bool = True) -> keras.Variable:
+        value = tf.convert_to_tensor(initial_value)
+        return self.add_weight(name=name, shape=tuple(value.shape), dtype=value.dtype.name,
+                               initializer=lambda shape, dtype=None: value, trainable=trainable)
 
 
 class MetaLearner:
     """Base of the algorithms: a built Keras model, a per-task loss (and metric), and which variables adapt.
 
+    The meta-parameters are `meta_variables`: the model's trainable variables,
+    then the algorithm's own (`self.meta_parameters`, see `MetaParameters`).
+    Meta-gradients are flat lists aligned with them.
+
     Args:
-      model: a built Keras 3 model; its trainable variables are the meta-parameters.
+      model: a built Keras 3 model; its trainable variables are meta-parameters.
       loss_fn: `loss_fn(outputs, labels) -> scalar` of one task.
       metric_fn: optional `metric_fn(outputs, labels) -> scalar` (or a vector of metrics).
       adapt: which variables the inner loop adapts (see `ParameterSplit`).
@@ -47,28 +53,35 @@ class MetaLearner:
       second_order: whether meta-gradients differentiate through inner
         gradients (warns for Keras normalisation layers, whose second
         derivatives are approximate).
+      execution: how the tasks of a meta-batch run (`maml_tf.core.execution.Execution`);
+        default: one at a time with `tf.map_fn`.
     """
 
     name = "meta_learner"
     compiled_steps = ("train_step", "evaluate")  # Built from `_train_step`, ... by `compile`.
     objective_step = 0
     update_moving_statistics = False  # MAML's option; see `refresh_statistics`.
+    clip_value: Optional[float] = None
+    library_defaults: dict = {}  # Keyword defaults of `maml_tf.meta_learner` / `MetaModel` (not of main.py).
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, metric_fn: Optional[Callable], adapt,
-                 training: bool, second_order: bool):
+                 training: bool, second_order: bool, execution: Optional[Execution] = None):
         check_model(model, second_order)
         self.model, self.loss_fn, self.metric_fn, self.training = model, loss_fn, metric_fn, training
         self.split = ParameterSplit(model, adapt)
         self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
         self.loss_scale = DynamicLossScale() if computes_in_float16(model) else None
+        self.execution = execution or Execution(model, batch_tasks=False)
+        self.meta_parameters = MetaParameters(name=f"{self.name}_meta_parameters", dtype=self.dtype)
+        self.meta_parameters.built = True
+        self.jit_compile = False
 
     def compile(self, jit_compile: bool = False) -> None:
         """(Re)builds the compiled steps (`train_step`, `evaluate`, ...) as `tf.function`s.
 
         Args:
           jit_compile: compile them with XLA (`--jit_compile`). Same results up
-            to float rounding; on the 2-core CPU benchmark machine XLA made the
-            small sinusoid step faster and Omniglot 5-way MAML 4.6x slower.
+            to float rounding.
 
         The steps are traced without AutoGraph: their loops are unrolled in
         Python or written as `tf.while_loop`/`tf.map_fn`/`tf.cond`, and AutoGraph
@@ -77,17 +90,40 @@ class MetaLearner:
         a loss with Python control flow on tensors must use `tf.cond` and
         `tf.while_loop`.
         """
-        self.jit_compile = jit_compile
+        self.jit_compile = self.execution.jit_compile = jit_compile
         for name in self.compiled_steps:
             setattr(self, name, tf.function(getattr(self, "_" + name), jit_compile=jit_compile, autograph=False))
 
+    # ------------------------------------------------------ meta-parameters
+    @property
+    def meta_variables(self) -> list:
+        """Every meta-parameter: the model's trainable variables, then the algorithm's own."""
+        return list(self.model.trainable_variables) + list(self.meta_parameters.trainable_variables)
+
     def weights(self) -> list:
-        """The current meta-parameters as tensors (differentiable reads)."""
+        """The model's current weights as tensors (differentiable reads)."""
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def forward(self, weights: Sequence, x):
-        """Model outputs with `weights`; low-precision outputs (mixed precision) are cast to the variables' dtype."""
-        return cast_floats(functional_call(self.model, weights, x, training=self.training), self.dtype)
+    def params(self) -> list:
+        """Every meta-parameter as a tensor, aligned with `meta_variables`."""
+        return [tf.convert_to_tensor(v) for v in self.meta_variables]
+
+    def unpack(self, params: Sequence) -> tuple:
+        """`params` (aligned with `meta_variables`) -> `(model weights, the algorithm's own)`."""
+        n = len(self.model.trainable_variables)
+        return list(params[:n]), list(params[n:])
+
+    # ------------------------------------------------------- shared maths
+    def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
+        """Model outputs with `weights` (`functional_call`); low-precision outputs are cast to the variables'
+        dtype (mixed precision)."""
+        outputs = functional_call(self.model, weights, x, training=self.training, step=step,
+                                  differentiated_once=differentiated_once)
+        return cast_floats(outputs, self.dtype)
+
+    def task_loss(self, outputs, labels):
+        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
+        return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
 
     def gradient(self, tape: tf.GradientTape, loss, sources: Sequence) -> list:
         """`d sum(loss) / d sources` (zeros where unconnected); with float16 layers, of the scaled loss.
@@ -103,29 +139,35 @@ class MetaLearner:
         scale = self.loss_scale.scale
         grads = tape.gradient(loss, sources, output_gradients=tf.ones_like(loss) * tf.cast(scale, loss.dtype),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return [g / tf.cast(scale, g.dtype) for g in grads]
+        return tf.nest.map_structure(lambda g: g / tf.cast(scale, g.dtype), grads)
 
-    def apply_optimizer(self, optimizer: keras.optimizers.Optimizer, grads: Sequence) -> dict:
-        """`optimizer.apply(grads)` to the model's trainable variables, through `apply_update`."""
-        return self.apply_update(grads, lambda: optimizer.apply(grads, self.model.trainable_variables))
+    def outer_step(self, grads: Sequence, optimizer) -> dict:
+        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): clipping with
+        `clip_value`, the loss-scale guard, then `optimizer` (a Keras optimiser or `apply(grads, variables)`)."""
+        return outer_update(grads, self.meta_variables, optimizer, clip_value=self.clip_value,
+                            loss_scale=self.loss_scale)
 
-    def apply_update(self, grads: Sequence, apply: Callable[[], None]) -> dict:
-        """Runs `apply()` (the meta-update from `grads`); with loss scaling, only if every gradient is
-        finite, else the update is skipped and the scale halves (see `DynamicLossScale`).
+    def clip(self, grads: Sequence) -> list:
+        """The meta-gradient as `outer_step` applies it: clipped elementwise to `clip_value` (if set)."""
+        return clip_by_value(grads, self.clip_value)
 
-        Returns entries for the step's results: none without loss scaling, else
-        `loss_scale` (the scale this step used) and `update_skipped`. A skipped
-        step's losses after adaptation are inf or NaN (the inner loop overflowed).
-        """
-        if self.loss_scale is None:
-            apply()
-            return {}
-        used = self.loss_scale.scale.read_value()
-        return {"loss_scale": used, "update_skipped": tf.logical_not(self.loss_scale.update(grads, apply))}
+    # ------------------------------------------------------------ execution
+    @property
+    def batched(self):
+        """The task-batched network, or None when every meta-batch runs with `tf.map_fn`."""
+        return self.execution.network
 
+    def runs_batched(self, batch: TaskBatch) -> bool:
+        """Whether `batch`'s tasks run at once (task-batched) or one at a time."""
+        return self.execution.runs_batched(batch)
+
+    # ------------------------------------------------------------ checkpoint
     def checkpoint_objects(self) -> dict:
-        """What a checkpoint must hold to resume exactly (`_checkpoint_objects`, and the loss scale)."""
+        """What a checkpoint must hold to resume exactly (`_checkpoint_objects`, own meta-parameters, the loss
+        scale)."""
         objects = self._checkpoint_objects()
+        if self.meta_parameters.weights:
+            objects["meta_parameters"] = self.meta_parameters
         if self.loss_scale is not None:
             objects["loss_scale"] = self.loss_scale
         return objects
@@ -133,14 +175,7 @@ class MetaLearner:
     def _checkpoint_objects(self) -> dict:
         return {"model": self.model}
 
-    def task_loss(self, outputs, labels):
-        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
-        return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
-
-    def clip(self, grads) -> list:
-        """The meta-gradient as applied (MAML clips elementwise when asked; others do not)."""
-        return list(grads)
-
+    # -------------------------------------------------------------- results
     def totals(self, loss1, losses2, metric1=None, metrics2=None, objective: Optional[int] = None) -> dict:
         """Means over tasks: `loss1` [tasks], `losses2` [tasks, steps] (metrics alike) -> the results dict.
 
@@ -158,41 +193,15 @@ class MetaLearner:
                 out["objective_metric"] = out["total_accuracies2"][objective]
         return out
 
+    @classmethod
+    def task_losses(cls, config):
+        """The original losses for `config`: `(loss_fn, metric_fn)` (scaled cross-entropy and accuracy for
+        classification, MSE for regression)."""
+        from maml_tf import losses
 
-class DynamicLossScale(tf.Module):
-    """Dynamic loss scaling for float16 computation (`--mixed_precision`), as Keras' `LossScaleOptimizer`.
-
-    Gradients are taken of `loss * scale` and divided by `scale`
-    (`MetaLearner.gradient`). An update whose gradients are all finite is
-    applied, and after `growth_steps` such updates in a row the scale doubles;
-    an update with an inf or NaN is skipped and the scale halves.
-    Kept separate from the optimiser so that MAML's elementwise clipping sees
-    the unscaled meta-gradient, and the inner loop uses the same scale.
-    """
-
-    def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000):
-        super().__init__(name="loss_scale")
-        self.scale = tf.Variable(initial_scale, trainable=False, dtype=tf.float32, name="scale")
-        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
-        self.growth_steps = growth_steps
-
-    def update(self, grads: Sequence, apply: Callable[[], None]) -> tf.Tensor:
-        """Runs `apply()` if every gradient is finite and adjusts the scale; returns whether it applied."""
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-
-        def good():
-            apply()
-            grow = self.good_steps + 1 >= self.growth_steps
-            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
-            self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1))
-            return tf.constant(True)
-
-        def bad():
-            self.scale.assign(tf.maximum(self.scale * 0.5, 1.0))
-            self.good_steps.assign(0)
-            return tf.constant(False)
-
-        return tf.cond(finite, good, bad)
+        if config.classification:
+            return losses.scaled_xent(config.update_batch_size), losses.accuracy
+        return losses.mse, None
 
 
 # ------------------------------------------------------------------ helpers

@@ -38,54 +38,12 @@ import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
-from maml_tf.networks import differentiated_once
+from maml_tf.core import params as P
+from maml_tf.core.execution import MapFn, TaskView
+from maml_tf.core.hvp import conjugate_gradient, hvp
+from maml_tf.core.inner import inner_while_loop, sgd
 
 SOLVERS = ("gd", "hessian_free")
-
-
-def _dot(a: Sequence[tf.Tensor], b: Sequence[tf.Tensor]) -> tf.Tensor:
-    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)])
-
-
-def _axpy(alpha, x: Sequence[tf.Tensor], y: Sequence[tf.Tensor]) -> list:
-    """alpha * x + y, elementwise over lists."""
-    return [alpha * xi + yi for xi, yi in zip(x, y)]
-
-
-def conjugate_gradient(matvec: Callable, b: Sequence[tf.Tensor], steps: int, residual_tol: float = 1e-10,
-                       stop_on_negative_curvature: bool = False) -> list:
-    """Solves `A x = b` for symmetric positive-definite `A`, given as `matvec(list) -> list`.
-
-    The authors' `utils.cg_solve`: x0 = 0, at most `steps` iterations, stop
-    when the squared residual falls below `residual_tol`. With
-    `stop_on_negative_curvature` (Newton-CG), an iteration meeting
-    `p^T A p <= 0` stops the solve; if that happens at the first iteration
-    the result is `b` itself (the steepest-descent direction).
-    """
-    b = list(b)
-    x = [tf.zeros_like(t) for t in b]
-    r, p = list(b), list(b)
-    rdotr = _dot(r, r)
-
-    def cond(i, x, r, p, rdotr, done):
-        return tf.logical_and(i < steps, tf.logical_not(done))
-
-    def body(i, x, r, p, rdotr, done):
-        ap = matvec(p)
-        pap = _dot(p, ap)
-        negative = tf.logical_and(tf.constant(stop_on_negative_curvature), pap <= 0)
-        alpha = tf.where(negative, tf.zeros_like(pap), rdotr / tf.where(pap == 0, tf.ones_like(pap), pap))
-        x_new = _axpy(alpha, p, x)
-        if stop_on_negative_curvature:
-            x_new = [tf.where(tf.logical_and(negative, tf.equal(i, 0)), bi, xi) for bi, xi in zip(b, x_new)]
-        r_new = _axpy(-alpha, ap, r)
-        new_rdotr = _dot(r_new, r_new)
-        beta = new_rdotr / tf.where(rdotr == 0, tf.ones_like(rdotr), rdotr)
-        p_new = _axpy(beta, p, r_new)
-        return i + 1, x_new, r_new, p_new, new_rdotr, tf.logical_or(negative, new_rdotr < residual_tol)
-
-    _, x, _, _, _, _ = tf.while_loop(cond, body, (tf.constant(0), x, r, p, rdotr, rdotr < residual_tol))
-    return x
 
 
 class IMAML(MetaLearner):
@@ -134,7 +92,7 @@ class IMAML(MetaLearner):
         self.hf_cg_steps, self.hf_line_search_steps = int(hf_cg_steps), int(hf_line_search_steps)
         self.cg_residual_tol = float(cg_residual_tol)
         self.optimizer = optimizer or keras.optimizers.Adam(meta_lr, beta_1=0.9, beta_2=0.999, epsilon=1e-3)
-        self.optimizer.build(model.trainable_variables)
+        self.optimizer.build(self.meta_variables)
         self.compile()
 
     @classmethod
@@ -142,38 +100,34 @@ class IMAML(MetaLearner):
         """The algorithm `main.py` runs for `--algorithm=imaml`."""
         from maml_tf import losses
 
+        o = config.options
         loss_fn, metric_fn = (losses.mean_xent, losses.accuracy) if config.classification else (losses.mse, None)
-        return cls(model, loss_fn, lam=config.imaml_lam, solver=config.imaml_solver, n_steps=config.imaml_n_steps,
-                   inner_lr=config.imaml_inner_lr, cg_steps=config.imaml_cg_steps,
-                   cg_damping=config.imaml_cg_damping, lam_damping=config.imaml_lam_damping,
-                   hf_cg_steps=config.imaml_hf_cg_steps, metric_fn=metric_fn, meta_lr=config.meta_lr)
+        return cls(model, loss_fn, lam=o.lam, solver=o.solver, n_steps=o.n_steps, inner_lr=o.inner_lr,
+                   cg_steps=o.cg_steps, cg_damping=o.cg_damping, lam_damping=o.lam_damping,
+                   hf_cg_steps=o.hf_cg_steps, metric_fn=metric_fn, meta_lr=config.meta_lr)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         return {"model": self.model, "optimizer": self.optimizer}
 
     # --------------------------------------------------------------- pieces
-    def loss_and_grad(self, weights: Sequence, x, y):
+    def loss_and_grad(self, weights: Sequence, x, y, differentiated_once: bool = False):
         """Loss at `weights` and its gradient with respect to the adapted entries."""
         adapted = self.split.adapted(weights)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(adapted)
-            loss = self.task_loss(self.forward(weights, x), y)
+            loss = self.task_loss(self.forward(weights, x, differentiated_once=differentiated_once), y)
         return loss, self.gradient(tape, loss, adapted)
 
     def hvp(self, weights: Sequence, x, y, vector: Sequence[tf.Tensor]) -> list:
         """Hessian of the loss of `(x, y)` at `weights` (adapted entries) times `vector` (double backward)."""
-        adapted = self.split.adapted(weights)
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            outer.watch(adapted)
-            _, grads = self.loss_and_grad(self.split.replace(weights, adapted), x, y)
-            gv = _dot(grads, vector)
-        return self.gradient(outer, gv, adapted)
+        return hvp(lambda adapted: self.loss_and_grad(self.split.replace(weights, adapted), x, y),
+                   self.split.adapted(weights), vector, self.gradient)
 
     def regularized(self, theta_a: Sequence, weights: Sequence, x, y):
         """`G` and its gradient: support loss + lam/2 ||phi - theta||^2 over the adapted entries."""
         loss, grads = self.loss_and_grad(weights, x, y)
-        delta = [p - t for p, t in zip(self.split.adapted(weights), theta_a)]
-        value = loss + 0.5 * self.lam * _dot(delta, delta)
+        delta = P.sub(self.split.adapted(weights), theta_a)
+        value = loss + 0.5 * self.lam * P.dot(delta, delta)
         return value, loss, [g + self.lam * d for g, d in zip(grads, delta)]
 
     def inner_solve(self, theta: Sequence, x, y, n_steps: Optional[int] = None) -> list:
@@ -184,37 +138,40 @@ class IMAML(MetaLearner):
         n_steps = self.n_steps if n_steps is None else int(n_steps)
         theta = [tf.stop_gradient(t) for t in theta]
         theta_a = self.split.adapted(theta)
-        if self.solver == "gd":
-            def body(i, weights):
-                _, _, grad = self.regularized(theta_a, weights, x, y)
-                new = [w - self.inner_lr * g for w, g in zip(self.split.adapted(weights), grad)]
-                return i + 1, self.split.replace(weights, new)
-        else:
-            def body(i, weights):
-                value, _, grad = self.regularized(theta_a, weights, x, y)
-                # Newton-CG: (H + lam I) d = -grad G, truncated at negative curvature.
-                direction = conjugate_gradient(
-                    lambda v: _axpy(self.lam, v, self.hvp(weights, x, y, v)), [-g for g in grad],
-                    self.hf_cg_steps, self.cg_residual_tol, stop_on_negative_curvature=True)
-                slope = _dot(grad, direction)
-                direction = tf.cond(slope < 0, lambda: direction, lambda: [-g for g in grad])  # Must descend.
-                slope = tf.minimum(slope, -_dot(grad, grad))
-                adapted = self.split.adapted(weights)
+        if self.solver == "gd":  # Gradient descent on G: SGD on the support loss plus the proximal term.
+            def proximal(adapted):
+                delta = P.sub(adapted, theta_a)
+                return 0.5 * self.lam * P.dot(delta, delta)
 
-                def trial(t):
-                    moved = self.split.replace(weights, _axpy(t, direction, adapted))
-                    return self.regularized(theta_a, moved, x, y)[0]
+            phi, _, _ = inner_while_loop(TaskView(self), theta, sgd(self.inner_lr), lambda i: (x, y), n_steps,
+                                         regularizer=proximal)
+            return P.stop_gradient(phi)
+        # Newton-CG on G (solver 'hessian_free').
+        def body(i, weights):
+            value, _, grad = self.regularized(theta_a, weights, x, y)
+            # Newton-CG: (H + lam I) d = -grad G, truncated at negative curvature.
+            direction = conjugate_gradient(
+                lambda v: P.axpy(self.lam, v, self.hvp(weights, x, y, v)), [-g for g in grad],
+                self.hf_cg_steps, self.cg_residual_tol, stop_on_negative_curvature=True)
+            slope = P.dot(grad, direction)
+            direction = tf.cond(slope < 0, lambda: direction, lambda: [-g for g in grad])  # Must descend.
+            slope = tf.minimum(slope, -P.dot(grad, grad))
+            adapted = self.split.adapted(weights)
 
-                # Backtracking (Armijo, c = 1e-4) on G from the full Newton step.
-                def ls_cond(k, t):
-                    return tf.logical_and(k < self.hf_line_search_steps, trial(t) > value + 1e-4 * t * slope)
+            def trial(t):
+                moved = self.split.replace(weights, P.axpy(t, direction, adapted))
+                return self.regularized(theta_a, moved, x, y)[0]
 
-                _, t = tf.while_loop(ls_cond, lambda k, t: (k + 1, 0.5 * t),
-                                     (tf.constant(0), tf.constant(1.0, self.dtype)))
-                return i + 1, self.split.replace(weights, _axpy(t, direction, adapted))
+            # Backtracking (Armijo, c = 1e-4) on G from the full Newton step.
+            def ls_cond(k, t):
+                return tf.logical_and(k < self.hf_line_search_steps, trial(t) > value + 1e-4 * t * slope)
+
+            _, t = tf.while_loop(ls_cond, lambda k, t: (k + 1, 0.5 * t),
+                                 (tf.constant(0), tf.constant(1.0, self.dtype)))
+            return i + 1, self.split.replace(weights, P.axpy(t, direction, adapted))
 
         _, phi = tf.while_loop(lambda i, _: i < n_steps, body, (tf.constant(0), list(theta)))
-        return [tf.stop_gradient(p) for p in phi]
+        return P.stop_gradient(phi)
 
     def implicit_gradient(self, phi: Sequence, support_x, support_y, query_grad: Sequence[tf.Tensor]) -> list:
         """`A^-1 query_grad` by conjugate gradient, with the authors' damped `A` (see the module docstring)."""
@@ -222,34 +179,29 @@ class IMAML(MetaLearner):
             return list(query_grad)
         scale = 1.0 / (self.lam + self.lam_damping)
         return conjugate_gradient(
-            lambda v: _axpy(scale, self.hvp(phi, support_x, support_y, v), [(1.0 + self.cg_damping) * t for t in v]),
+            lambda v: P.axpy(scale, self.hvp(phi, support_x, support_y, v), [(1.0 + self.cg_damping) * t for t in v]),
             query_grad, self.cg_steps, self.cg_residual_tol)
 
-    def _task(self, theta, sx, sy, qx, qy, with_gradient: bool):
+    def _task(self, view: TaskView, theta: Sequence, tasks: TaskBatch, with_gradient: bool) -> Dict[str, tf.Tensor]:
+        """One task: the inner solution, the query results before and after, and the implicit meta-gradient."""
+        sx, sy, qx, qy = tasks
         phi = self.inner_solve(theta, sx, sy)
-        with differentiated_once():  # Query passes: the gradient of the query loss is the last derivative.
-            before, after = self.forward(theta, qx), self.forward(phi, qx)
-            qgrad = self.loss_and_grad(phi, qx, qy)[1] if with_gradient else None
+        # Query passes: the gradient of the query loss is the last derivative taken through them.
+        before = self.forward(theta, qx, differentiated_once=True)
+        after = self.forward(phi, qx, differentiated_once=True)
         out = {"loss1": self.task_loss(before, qy), "loss2": self.task_loss(after, qy)}
         if with_gradient:
-            out["grads"] = self.split.replace([tf.zeros_like(t) for t in theta],
-                                              self.implicit_gradient(phi, sx, sy, qgrad))
+            qgrad = self.loss_and_grad(phi, qx, qy, differentiated_once=True)[1]
+            out["grads"] = self.split.replace(P.zeros_like(theta), self.implicit_gradient(phi, sx, sy, qgrad))
         if self.metric_fn is not None:
             out["metric1"], out["metric2"] = self.metric_fn(before, qy), self.metric_fn(after, qy)
         return out
 
     def _batch(self, batch: TaskBatch, with_gradient: bool):
-        batch = TaskBatch(*batch)
-        theta = self.weights()
-        dtype = self.dtype
-        spec = {"loss1": tf.TensorSpec(None, dtype), "loss2": tf.TensorSpec(None, dtype)}
-        if self.metric_fn is not None:
-            spec.update(metric1=tf.TensorSpec(None, dtype), metric2=tf.TensorSpec(None, dtype))
-        if with_gradient:
-            spec["grads"] = [tf.TensorSpec(t.shape, t.dtype) for t in theta]
-        per_task = tf.map_fn(lambda t: self._task(theta, *t, with_gradient=with_gradient), tuple(batch),
-                             fn_output_signature=spec)
-        after = lambda key: per_task[key][:, None] if key in per_task else None
+        keys = ["loss1", "loss2"] + (["metric1", "metric2"] if self.metric_fn is not None else [])
+        per_task = MapFn().run(self, lambda view, theta, tasks: self._task(view, theta, tasks, with_gradient),
+                               self.weights(), TaskBatch(*batch), keys + ["grads"] * with_gradient)
+        after = lambda key: per_task[key][:, None] if key in per_task else None  # noqa: E731
         results = self.totals(per_task["loss1"], after("loss2"), per_task.get("metric1"), after("metric2"))
         return results, per_task.get("grads")
 
@@ -262,7 +214,7 @@ class IMAML(MetaLearner):
         """One outer Adam step on the mean implicit meta-gradient. `num_steps` is ignored."""
         del num_steps
         grads, results = self.meta_gradients(batch)
-        results.update(self.apply_optimizer(self.optimizer, grads))
+        results.update(self.outer_step(grads, self.optimizer))
         return results
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:

@@ -1,30 +1,33 @@
-"""MAML and first-order MAML.
+"""MAML and first-order MAML, and the template of the gradient-based family (Meta-SGD, ANIL, MAML++).
 
 Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of
 Deep Networks", ICML 2017 (reference code: `cbfinn/maml`, TensorFlow 1).
 
-The structure mirrors the original `MAML.construct_model`: per task (mapped
-with `tf.map_fn` over the meta-batch), inner SGD steps on the support loss
-with step size `inner_lr`, the query loss after every step, and the
-meta-objective = mean over tasks of the query loss after `num_inner_steps`
-steps, minimised with Adam. Second-order meta-gradients come from nested
-`tf.GradientTape`s; `first_order=True` stops the gradient through the inner
-gradients (the original `--stop_grad`).
+The structure mirrors the original `MAML.construct_model`: per task, inner
+SGD steps on the support loss with step size `inner_lr`, the query loss
+after every step, and the meta-objective = mean over tasks of the query loss
+after `num_inner_steps` steps, minimised with Adam. Second-order
+meta-gradients come from nested `tf.GradientTape`s; `first_order=True` stops
+the gradient through the inner gradients (the original `--stop_grad`).
+
+A variant overrides `inner_optimizer` (the inner update rule and its
+meta-learned state) and `objective_weights` (the meta-objective over the
+inner steps), and chooses which weights adapt (`adapt`); everything else,
+and how the tasks are run (`maml_tf.core.execution`), is shared.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
-from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
-from maml_tf.losses import per_task
-from maml_tf.networks import differentiated_once
+from maml_tf.core import objective
+from maml_tf.core.execution import Execution, TaskView
+from maml_tf.core.inner import InnerOptimizer, inner_loop, sgd, stack_steps
+from maml_tf.core.outer import outer_update
 
 
 def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
@@ -34,21 +37,6 @@ def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
     `w -= lr_t*m/(sqrt(v)+eps)`) is the TF1 update; only epsilon differs by default.
     """
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
-
-
-def default_task_groups(jit_compile: bool = False) -> int:
-    """Groups of tasks in a task-batched step: one on a GPU or under XLA (the largest operations), else two
-    per CPU core.
-
-    On the 2-core benchmark machine with one thread per op, Omniglot 5-way took
-    0.10-0.15 s with 4 groups, 0.12-0.14 s with 2 or 8 and 0.17 s with 32 (the
-    runs vary that much); MiniImagenet (4 tasks) 1.41 s with 4 groups, 1.83 s
-    with 2; XLA-compiled sinusoid steps a median 0.00125 s over seven runs with
-    one group, 0.00153-0.00158 s with 2. See README, Speed and memory.
-    """
-    if jit_compile or tf.config.list_physical_devices("GPU"):
-        return 1
-    return 2 * (os.cpu_count() or 1)
 
 
 class MAML(MetaLearner):
@@ -79,27 +67,14 @@ class MAML(MetaLearner):
         original (batch statistics everywhere).
       return_outputs: keep the per-task model outputs in the results (the
         CLI and parity tests read them; they must be single tensors).
-      batch_tasks: run all tasks of a meta-batch through the network at once
-        (`maml_tf.batched.TaskBatchedNetwork`: grouped convolutions and batched
-        matmuls, each task with its own fast weights) instead of looping over
-        them with `tf.map_fn`. Same mathematics, fewer and larger operations.
-        Default (None): whenever the model is supported (a chain of the layers
-        the original networks use) and, for conv nets, a task has fewer than
-        `batched_conv_max_support` support examples; True: always, and raises
-        if the model is not supported.
-      batched_conv_max_support: see `batch_tasks`; 0: no limit. On the 2-core
-        CPU task-batched conv nets were faster for small support sets only:
-        Omniglot 5-way 1-shot (5 examples) 0.134 s against 0.149 s with
-        map_fn, 20-way 1-shot (20 examples) 0.915 s against 0.799 s and 1.57
-        against 1.33 GB (medians of 3 suite runs; README, Speed and memory).
-      task_groups: with `batch_tasks`, split the meta-batch into this many
-        groups of tasks, batched within and run in parallel (on a CPU each
-        core is fastest on its own groups). Default: `default_task_groups()`
-        (one when compiled with XLA).
+      batch_tasks, task_groups, batched_conv_max_support: how the tasks of a
+        meta-batch run; see `maml_tf.core.execution.Execution` (default: at
+        once where the model allows it and it was faster, else `tf.map_fn`).
     """
 
     name = "maml"
     compiled_steps = ("train_step", "pretrain_step", "evaluate")
+    library_defaults = {"return_outputs": False}  # Any output structure; the library does not need the outputs.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
                  first_order: bool = False, adapt=None, metric_fn: Optional[Callable] = None,
@@ -111,262 +86,144 @@ class MAML(MetaLearner):
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
                          second_order=not first_order)
+        self.execution = Execution(model, batch_tasks, task_groups, batched_conv_max_support)
         self.inner_lr = float(inner_lr)
         self.num_inner_steps = int(num_inner_steps)
         self.first_order = bool(first_order)
         self.clip_value = clip_value
         self.update_moving_statistics = update_moving_statistics
         self.return_outputs = return_outputs
+        self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
+        self.build_meta_parameters()
         self.optimizer = optimizer or tf1_adam(meta_lr)
         self.pretrain_optimizer = pretrain_optimizer or tf1_adam(meta_lr)
-        for opt in (self.optimizer, self.pretrain_optimizer):
-            opt.build(model.trainable_variables)
-        reason = unsupported_reason(model)
-        if batch_tasks and reason is not None:
-            raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
-        self.batched = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
-        self.batch_tasks, self.batched_conv_max_support = batch_tasks, int(batched_conv_max_support)
-        self.task_groups = None if task_groups is None else int(task_groups)
-        self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
+        self.optimizer.build(self.meta_variables)
+        self.pretrain_optimizer.build(model.trainable_variables)
         self.compile()
+
+    # ------------------------------------------------------- variant hooks
+    def build_meta_parameters(self) -> None:
+        """Declares the algorithm's own meta-parameters in `self.meta_parameters` (MAML: none)."""
+
+    def inner_optimizer(self, view: TaskView, own: Sequence) -> InnerOptimizer:
+        """The inner update rule; `own`: the algorithm's meta-parameters (in `view`'s layout as needed)."""
+        return sgd(self.inner_lr)
+
+    def objective_weights(self) -> Sequence[float]:
+        """The meta-objective's weights over the inner steps (MAML: the last step only)."""
+        return objective.last_step(self.num_inner_steps)
 
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "MAML":
-        """The algorithm `main.py` runs for `--algorithm=maml` (the original's losses and options)."""
-        from maml_tf import losses
+        """The algorithm `main.py` runs (the original's losses and flags, and the algorithm's options)."""
+        loss_fn, metric_fn = cls.task_losses(config)
+        return cls(model, loss_fn, metric_fn=metric_fn, **cls.config_kwargs(config))
 
-        if config.classification:
-            loss_fn, metric_fn = losses.scaled_xent(config.update_batch_size), losses.accuracy
-        else:
-            loss_fn, metric_fn = losses.mse, None
-        return cls(model, loss_fn, inner_lr=config.update_lr, num_inner_steps=config.num_updates,
-                   first_order=config.first_order, metric_fn=metric_fn, clip_value=config.clip_value,
-                   meta_lr=config.meta_lr, batch_tasks=None if config.batch_tasks else False,
-                   task_groups=config.task_groups or None,
-                   batched_conv_max_support=config.batched_conv_max_support)
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        """Keyword arguments of the constructor from `config` (a variant adds its options)."""
+        return dict(inner_lr=config.update_lr, num_inner_steps=config.num_updates, first_order=config.first_order,
+                    clip_value=config.clip_value, meta_lr=config.meta_lr,
+                    batch_tasks=None if config.batch_tasks else False, task_groups=config.task_groups or None,
+                    batched_conv_max_support=config.batched_conv_max_support)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         """What a checkpoint must hold to resume exactly: weights and both Adam states."""
         return {"model": self.model, "optimizer": self.optimizer, "pretrain_optimizer": self.pretrain_optimizer}
 
-    # ------------------------------------------------------------- inner loop
-    def inner_step(self, weights: Sequence, x, y):
-        """One inner SGD step on the loss of `(x, y)`.
+    # ------------------------------------------------------------- per task
+    def task_forward(self, view: TaskView, params: Sequence, tasks: TaskBatch, num_steps: int,
+                     query_steps: Sequence[int]) -> Dict[str, tf.Tensor]:
+        """The original `task_metalearn`: adaptation and the query loss after each of `query_steps`.
 
-        Returns:
-          `(outputs, loss, new_weights)`: outputs and loss at `weights`, and the
-          full weight list after the step (only adapted entries change).
+        Written once for every backend: `tasks` is one task (`tf.map_fn`) or
+        a group in task layout (then every entry has a leading task axis).
+
+        Returns a dict: `support_outputs`, `support_loss` (pre-update),
+        `query_outputs` [query steps, ...], `query_losses` [query steps],
+        `objective` (and `support_metric`, `query_metrics` with a metric).
         """
-        adapted = self.split.adapted(weights)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(adapted)
-            outputs = self.forward(weights, x)
-            loss = self.task_loss(outputs, y)
-        grads = self.gradient(tape, loss, adapted)
-        if self.first_order:
-            grads = [tf.stop_gradient(g) for g in grads]
-        fast = [w - self.inner_lr * g for w, g in zip(adapted, grads)]
-        return outputs, loss, self.split.replace(weights, fast)
+        weights, own = self.unpack(params)
+        trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own),
+                                (tasks.support_x, tasks.support_y), num_steps, query=(tasks.query_x, tasks.query_y),
+                                query_steps=query_steps, first_order=self.first_order)
+        axis = 1 if view.batched else 0  # The step axis follows the task axis.
+        out = {"support_outputs": trajectory.support_outputs, "support_loss": trajectory.support_loss,
+               "query_outputs": stack_steps(trajectory.query_outputs, axis),
+               "query_losses": stack_steps(trajectory.query_losses, axis)}
+        weights_over_steps = self.objective_weights()
+        if set(objective.steps_needed(weights_over_steps)) <= set(trajectory.query_losses):  # Not in short evaluations.
+            out["objective"] = objective.combine(trajectory.query_losses, weights_over_steps)
+        if self.metric_fn is not None:
+            out["support_metric"] = view.metric(trajectory.support_outputs, tasks.support_y)
+            out["query_metrics"] = stack_steps({k: view.metric(o, tasks.query_y)
+                                                for k, o in trajectory.query_outputs.items()}, axis)
+        return out
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
         """Fast weights after `steps` inner steps on one task's support set."""
         weights = self.weights() if weights is None else list(weights)
-        for _ in range(self.num_inner_steps if steps is None else steps):
-            _, _, weights = self.inner_step(weights, support_x, support_y)
-        return weights
+        _, own = self.unpack(self.params())
+        view = TaskView(self)
+        steps = self.num_inner_steps if steps is None else steps
+        return inner_loop(view, weights, self.inner_optimizer(view, own), (support_x, support_y), steps).weights
 
-    def task_forward(self, weights: Sequence, support_x, support_y, query_x, query_y,
-                     num_steps: int, query_steps: Optional[Sequence[int]] = None) -> Dict[str, tf.Tensor]:
-        """The original `task_metalearn`: adaptation and the query loss after each step.
-
-        Args:
-          query_steps: after which steps (0-based) to run the query set
-            (default: every step).
-
-        Returns a dict: `support_outputs`, `support_loss` (pre-update),
-        `query_outputs` [query steps, ...], `query_losses` [query steps] (and
-        `support_metric`, `query_metrics` [query steps] with a metric).
-        """
-        query_steps = range(num_steps) if query_steps is None else query_steps
-        query_outputs, query_losses = [], []
-        support_outputs = support_loss = None
-        for step in range(num_steps):
-            outputs, loss, weights = self.inner_step(weights, support_x, support_y)
-            if support_outputs is None:
-                support_outputs, support_loss = outputs, loss
-            if step not in query_steps:
-                continue
-            with differentiated_once():  # Only the meta-gradient's first derivative passes through.
-                out_q = self.forward(weights, query_x)
-            query_outputs.append(out_q)
-            query_losses.append(self.task_loss(out_q, query_y))
-        result = {"support_outputs": support_outputs, "support_loss": support_loss,
-                  "query_outputs": tf.stack(query_outputs), "query_losses": tf.stack(query_losses)}
-        if self.metric_fn is not None:
-            result["support_metric"] = self.metric_fn(support_outputs, support_y)
-            result["query_metrics"] = tf.stack([self.metric_fn(o, query_y) for o in query_outputs])
-        return result
-
-    def batch_forward(self, weights: Sequence, batch: TaskBatch, num_steps: Optional[int],
+    # ------------------------------------------------------------ meta-batch
+    def batch_forward(self, params: Sequence, batch: TaskBatch, num_steps: Optional[int],
                       with_gradients: bool = False) -> Dict[str, tf.Tensor]:
         """`task_forward` for every task of a meta-batch, and the totals.
 
-        Runs the tasks at once through `self.batched` when the model allows it,
-        else maps `task_forward` over them with `tf.map_fn` (as the original).
+        The backend (`self.execution`) runs the tasks at once when the model
+        allows it, else maps over them with `tf.map_fn` (as the original).
         Per-task entries have a leading task axis (`query_losses` [tasks, steps]).
         With `with_gradients`, `grads` holds the meta-gradient: the gradient of
-        the mean query loss after `num_inner_steps` steps with respect to
-        `weights`.
+        the mean meta-objective with respect to `params`.
 
         `num_steps=None` runs what the meta-objective needs and nothing more,
         as the original's training iterations do (TF1 runs only the ops
         `metatrain_op` depends on): `num_inner_steps` steps, the query set only
-        after the last. The results then hold `total_loss1` and the
-        `objective_loss` (`objective_metric`) but no per-step `total_losses2`.
+        after the steps the objective weighs. The results then hold
+        `total_loss1` and the `objective_loss` (`objective_metric`) but no
+        per-step `total_losses2`.
         """
         batch = TaskBatch(*batch)
         lean = num_steps is None
         num_steps = self.num_inner_steps if lean else num_steps
-        query_steps = [self.objective_step] if lean else list(range(num_steps))
-        if self.runs_batched(batch):
-            per_task = self._batched_tasks(weights, batch, num_steps, query_steps, with_gradients)
-        else:
-            per_task = self._mapped_tasks(weights, batch, num_steps, query_steps, with_gradients)
+        needed = objective.steps_needed(self.objective_weights())
+        query_steps = sorted(set(needed + [self.objective_step])) if lean else list(range(num_steps))
+        keys = ["support_loss", "query_losses"]
+        keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
+        keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
+        backend = self.execution.backend(batch)
+        per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps),
+                               list(params), batch, keys, with_gradients)
         # Totals as the original: sums over tasks divided by the meta-batch size.
         per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
                                     per_task.get("support_metric"), per_task.get("query_metrics"),
-                                    objective=0 if lean else None))
+                                    objective=query_steps.index(self.objective_step)
+                                    if self.objective_step in query_steps else len(query_steps)))
         if lean:
             per_task.pop("total_losses2")
             per_task.pop("total_accuracies2", None)
         return per_task
 
-    def runs_batched(self, batch: TaskBatch) -> bool:
-        """Whether `batch_forward` runs `batch`'s tasks at once (`self.batched`) or maps over them."""
-        if self.batched is None:
-            return False
-        if self.batch_tasks or not self.batched.convolutional or not self.batched_conv_max_support:
-            return True
-        examples = TaskBatch(*batch).support_x.shape[1]
-        return examples is not None and examples < self.batched_conv_max_support
-
-    def _result_keys(self) -> list:
-        keys = ["support_loss", "query_losses"]
-        keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
-        keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
-        return keys
-
-    def _mapped_tasks(self, weights, batch: TaskBatch, num_steps: int, query_steps, with_gradients: bool):
-        """`task_forward` mapped over the tasks; each task's gradient is taken inside the mapped function,
-        so nothing is differentiated through the loop (no while-loop gradient, no accumulation of every
-        task's intermediates at once), and the meta-gradient is their mean."""
-        keys = self._result_keys()
-        spec = {k: tf.TensorSpec(None, self.dtype) for k in keys}
-        if with_gradients:
-            spec["grads"] = [tf.TensorSpec(w.shape, w.dtype) for w in weights]
-
-        def task(data):
-            if not with_gradients:
-                out = self.task_forward(weights, *data, num_steps=num_steps, query_steps=query_steps)
-                return {k: out[k] for k in keys}
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(weights)
-                out = self.task_forward(weights, *data, num_steps=num_steps, query_steps=query_steps)
-                objective = out["query_losses"][query_steps.index(self.objective_step)]
-            grads = self.gradient(tape, objective, weights)
-            return {**{k: out[k] for k in keys}, "grads": grads}
-
-        per_task = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
-        if with_gradients:
-            per_task["grads"] = [tf.reduce_mean(g, 0) for g in per_task["grads"]]
-        return per_task
-
-    def _batched_tasks(self, weights, batch: TaskBatch, num_steps: int, query_steps, with_gradients: bool):
-        """The same computation as `_mapped_tasks`, with task-layout fast weights: the tasks of each of
-        `task_groups` groups at once (independent branches of the graph, which TensorFlow runs in
-        parallel on its inter-op threads)."""
-        tape = tf.GradientTape(watch_accessed_variables=False) if with_gradients else None
-        with tape or contextlib.nullcontext():
-            if tape:
-                tape.watch(weights)
-            parts = [self._task_group(weights, group, num_steps, query_steps) for group in self._groups(batch)]
-            out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
-            if tape:
-                objective = tf.reduce_mean(out["query_losses"][:, query_steps.index(self.objective_step)])
-        if self.metric_fn is not None:
-            out["support_metric"] = per_task(self.metric_fn, out["support_outputs"], batch.support_y)
-            out["query_metrics"] = tf.stack([per_task(self.metric_fn, out["query_outputs"][:, i], batch.query_y)
-                                             for i in range(len(query_steps))], 1)
-        out = {k: out[k] for k in self._result_keys()}
-        if with_gradients:
-            out["grads"] = self.gradient(tape, objective, weights)
-        return out
-
-    def _groups(self, batch: TaskBatch) -> list:
-        """`batch` split along the task axis into `task_groups` near-equal groups (one if its size is dynamic)."""
-        num_tasks = batch.support_x.shape[0]
-        wanted = self.task_groups or default_task_groups(self.jit_compile)
-        groups = 1 if num_tasks is None else min(wanted, num_tasks)
-        if groups == 1:
-            return [batch]
-        sizes = [num_tasks // groups + (g < num_tasks % groups) for g in range(groups)]
-        return [TaskBatch(*parts) for parts in zip(*[tf.split(t, sizes) for t in batch])]
-
-    def _task_group(self, weights, batch: TaskBatch, num_steps: int, query_steps) -> Dict[str, tf.Tensor]:
-        """Adaptation of every task of `batch` at once (`self.batched`), recorded on the caller's tape."""
-        net, split = self.batched, self.split
-        fast = net.per_task(weights, batch.support_x.shape[0] or tf.shape(batch.support_x)[0])
-        support_outputs = support_loss = None
-        query_outputs, query_losses = [], []
-        for step in range(num_steps):
-            adapted = split.adapted(fast)
-            with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(adapted)
-                outputs = net(fast, batch.support_x)  # [tasks, N, out]
-                losses = self._task_losses(outputs, batch.support_y)  # [tasks]
-            # Task t's loss depends on task t's weights only: each slice is that task's gradient.
-            grads = self.gradient(inner, losses, adapted)  # Of the sum.
-            if self.first_order:
-                grads = [tf.stop_gradient(g) for g in grads]
-            fast = split.replace(fast, [w - self.inner_lr * g for w, g in zip(adapted, grads)])
-            if support_outputs is None:
-                support_outputs, support_loss = outputs, losses
-            if step in query_steps:
-                with differentiated_once():  # As in `task_forward`.
-                    query_outputs.append(net(fast, batch.query_x))
-                query_losses.append(self._task_losses(query_outputs[-1], batch.query_y))
-        return {"support_loss": support_loss, "query_losses": tf.stack(query_losses, 1),
-                "support_outputs": support_outputs, "query_outputs": tf.stack(query_outputs, 1)}
-
-    def _task_losses(self, outputs, labels):
-        """Per-task losses `[tasks]` of `[tasks, N, ...]` outputs (`loss_fn.batched` if it has one)."""
-        return per_task(self.loss_fn if hasattr(self.loss_fn, "batched") else self.task_loss, outputs, labels)
-
-    # ------------------------------------------------------------ outer step
     def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None):
-        """Meta-gradient of the mean query loss after `num_inner_steps` steps.
-
-        See `batch_forward` for how the tasks are run.
+        """Meta-gradient of the mean meta-objective (MAML: the query loss after `num_inner_steps` steps).
 
         Args:
           batch: the task batch.
-          weights: meta-parameters as tensors (default: the model's).
+          weights: meta-parameters as tensors, aligned with `meta_variables`
+            (default: their current values).
           num_steps: inner steps to build and report (>= num_inner_steps);
             default: only what the meta-objective needs (see `batch_forward`).
 
         Returns:
-          `(gradients, results)`: unclipped gradients aligned with `weights`,
-          and the `batch_forward` results.
+          `(gradients, results)`: unclipped gradients aligned with
+          `meta_variables`, and the `batch_forward` results.
         """
-        weights = self.weights() if weights is None else list(weights)
-        results = self.batch_forward(weights, batch, num_steps, with_gradients=True)
+        params = self.params() if weights is None else list(weights)
+        results = self.batch_forward(params, batch, num_steps, with_gradients=True)
         return results.pop("grads"), results
-
-    def clip(self, grads):
-        """Elementwise clipping of the meta-gradient (the original clips MiniImagenet's)."""
-        if self.clip_value is None:
-            return list(grads)
-        return [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
 
     def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
         """One meta-update (the original `metatrain_op`). Returns the batch results.
@@ -376,8 +233,7 @@ class MAML(MetaLearner):
         results hold `objective_loss` (see `batch_forward`). The update is the same.
         """
         grads, results = self.meta_gradients(batch, num_steps=num_steps)
-        grads = self.clip(grads)
-        results.update(self.apply_optimizer(self.optimizer, grads))
+        results.update(self.outer_step(grads, self.optimizer))
         if self.update_moving_statistics:
             refresh_statistics(self.model, TaskBatch(*batch).support_x, self.training)
         return results
@@ -393,8 +249,9 @@ class MAML(MetaLearner):
             loss = tf.reduce_mean(losses)
         grads = self.gradient(tape, loss, weights)
         # The original's pretrain_op is a plain Adam minimize: no clipping.
-        return {"total_loss1": loss, **self.apply_optimizer(self.pretrain_optimizer, grads)}
+        return {"total_loss1": loss, **outer_update(grads, self.model.trainable_variables, self.pretrain_optimizer,
+                                                    loss_scale=self.loss_scale)}
 
     def _evaluate(self, batch: TaskBatch, num_steps: int):
         """Pre-update and per-step post-update results, without any update."""
-        return self.batch_forward(self.weights(), batch, num_steps)
+        return self.batch_forward(self.params(), batch, num_steps)

@@ -45,10 +45,13 @@ import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
+from maml_tf.core import params as P
+from maml_tf.core.execution import TaskView
+from maml_tf.core.inner import InnerOptimizer, adam, inner_step, inner_while_loop, sgd, with_weight_decay
 
 
 class InnerOptimizerState(tf.Module):
-    """The inner Adam's moments (one pair per adapted variable) and its step count."""
+    """The inner Adam's moments (one pair per adapted variable) and its step count, kept across tasks."""
 
     def __init__(self, variables: Sequence[tf.Variable]):
         super().__init__(name="inner_optimizer")
@@ -95,6 +98,7 @@ class Reptile(MetaLearner):
 
     name = "reptile"
     objective_step = 0  # `total_losses2` holds one entry: after the inner loop.
+    library_defaults = {"total_iterations": 1}
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, total_iterations: int, inner_lr: float = 1e-3,
                  inner_batch_size: int = 5, inner_iters: int = 20, eval_inner_batch_size: int = 5,
@@ -128,15 +132,13 @@ class Reptile(MetaLearner):
         """The algorithm `main.py` runs for `--algorithm=reptile`."""
         from maml_tf import losses
 
+        o = config.options
         loss_fn, metric_fn = (losses.scaled_xent(1), losses.accuracy) if config.classification else (losses.mse, None)
-        return cls(model, loss_fn, total_iterations=config.metatrain_iterations,
-                   inner_lr=config.reptile_learning_rate, inner_batch_size=config.reptile_inner_batch,
-                   inner_iters=config.reptile_inner_iters, eval_inner_batch_size=config.reptile_eval_batch,
-                   eval_inner_iters=config.reptile_eval_iters, meta_step=config.reptile_meta_step,
-                   meta_step_final=config.reptile_meta_step_final, replacement=config.reptile_replacement,
-                   sgd=config.reptile_sgd, weight_decay=config.reptile_weight_decay,
-                   transductive=config.reptile_transductive, foml=config.reptile_foml,
-                   foml_tail=config.reptile_foml_tail or None, metric_fn=metric_fn, seed=config.seed)
+        return cls(model, loss_fn, total_iterations=config.metatrain_iterations, inner_lr=o.learning_rate,
+                   inner_batch_size=o.inner_batch, inner_iters=o.inner_iters, eval_inner_batch_size=o.eval_batch,
+                   eval_inner_iters=o.eval_iters, meta_step=o.meta_step, meta_step_final=o.meta_step_final,
+                   replacement=o.replacement, sgd=o.sgd, weight_decay=o.weight_decay, transductive=o.transductive,
+                   foml=o.foml, foml_tail=o.foml_tail or None, metric_fn=metric_fn, seed=config.seed)
 
     def _checkpoint_objects(self) -> Dict[str, tf.Module]:
         """What a checkpoint must hold to resume exactly."""
@@ -144,6 +146,11 @@ class Reptile(MetaLearner):
                 "sampler": self.rng}
 
     # --------------------------------------------------------------- pieces
+    def inner_optimizer(self) -> InnerOptimizer:
+        """TF1 Adam with beta1 = 0 (or SGD), with the weight decay."""
+        opt = sgd(self.inner_lr) if self.sgd else adam(self.inner_lr, self.beta1, self.beta2, self.epsilon)
+        return with_weight_decay(opt, self.weight_decay)
+
     def meta_step_size(self, iteration) -> tf.Tensor:
         """Epsilon at 0-based meta-iteration `iteration`: linear from `meta_step` to `meta_step_final`."""
         frac = tf.cast(iteration, tf.float64) / self.total_iterations
@@ -173,23 +180,8 @@ class Reptile(MetaLearner):
         Returns:
           `(new_weights, new_state, loss)`; `state` is `(m, v, steps)`.
         """
-        adapted = self.split.adapted(weights)
-        if self.weight_decay != 1.0:
-            adapted = [w * self.weight_decay for w in adapted]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(adapted)
-            loss = self.task_loss(self.forward(self.split.replace(weights, adapted), x), y)
-        grads = self.gradient(tape, loss, adapted)
-        if self.sgd:
-            return self.split.replace(weights, [w - self.inner_lr * g for w, g in zip(adapted, grads)]), state, loss
-        m, v, steps = state
-        steps = steps + 1
-        t = tf.cast(steps, adapted[0].dtype)
-        m = [self.beta1 * mi + (1.0 - self.beta1) * g for mi, g in zip(m, grads)]
-        v = [self.beta2 * vi + (1.0 - self.beta2) * tf.square(g) for vi, g in zip(v, grads)]
-        lr_t = self.inner_lr * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
-        new = [w - lr_t * mi / (tf.sqrt(vi) + self.epsilon) for w, mi, vi in zip(adapted, m, v)]
-        return self.split.replace(weights, new), (m, v, steps), loss
+        _, loss, weights, state = inner_step(TaskView(self), weights, self.inner_optimizer(), state, x, y)
+        return weights, state, loss
 
     def inner_loop(self, weights: Sequence, state, x, y, indices):
         """Inner steps on the mini-batches `x[indices[i]]`, i = 0, 1, ... (a `tf.while_loop`).
@@ -197,17 +189,9 @@ class Reptile(MetaLearner):
         Returns:
           `(weights, state, first_loss)`: the loss is that of the first mini-batch (before any step).
         """
-        num = tf.shape(indices)[0]
-
-        def body(i, weights, state, first_loss):
-            batch = indices[i]
-            weights, state, loss = self.inner_step(weights, state, _gather(x, batch), tf.gather(y, batch))
-            return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
-
-        first = tf.constant(float("nan"), self.dtype)
-        _, weights, state, first_loss = tf.while_loop(lambda i, *_: i < num, body,
-                                                      (tf.constant(0), list(weights), state, first))
-        return weights, state, first_loss
+        return inner_while_loop(TaskView(self), weights, self.inner_optimizer(),
+                                lambda i: (_gather(x, indices[i]), tf.gather(y, indices[i])), tf.shape(indices)[0],
+                                state=state)
 
     def predict(self, weights: Sequence, support_x, query_x, transductive: Optional[bool] = None):
         """Query outputs: in one batch (transductive) or each with the support set (non-transductive).
@@ -224,8 +208,8 @@ class Reptile(MetaLearner):
 
     def _report(self, results: Dict[str, list]) -> Dict[str, tf.Tensor]:
         """Per-task lists -> `totals` (one reported step: the end of the inner loop)."""
-        stack = lambda key: tf.stack(results[key]) if results[key] else None
-        after = lambda key: tf.stack(results[key])[:, None] if results[key] else None
+        stack = lambda key: tf.stack(results[key]) if results[key] else None  # noqa: E731
+        after = lambda key: tf.stack(results[key])[:, None] if results[key] else None  # noqa: E731
         return self.totals(stack("loss1"), after("loss2"), stack("metric1"), after("metric2"))
 
     def _query_results(self, results, theta, phi, support_x, query_x, query_y, transductive=None):
@@ -260,14 +244,14 @@ class Reptile(MetaLearner):
         else:
             indices = self.minibatch_indices(num_tasks, pool, self.inner_batch_size, self.inner_iters)
             main, last = indices[:, :-1], indices[:, -1]
-        directions = [tf.zeros_like(w) for w in theta]
+        directions = P.zeros_like(theta)
         results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
         for task in range(num_tasks):  # In order: the inner optimiser state carries over.
             x, y = _task(batch.support_x, task), batch.support_y[task]
             before_last, state, _ = self.inner_loop(theta, state, x, y, main[task])
             phi, state, _ = self.inner_step(before_last, state, _gather(x, last[task]), tf.gather(y, last[task]))
             start = before_last if self.foml else theta
-            directions = [d + (p - s) for d, p, s in zip(directions, phi, start)]
+            directions = P.add(directions, P.sub(phi, start))
             self._query_results(results, theta, phi, x, _task(batch.query_x, task), batch.query_y[task],
                                 transductive=True)
         self.inner_state.assign(state)
@@ -283,11 +267,11 @@ class Reptile(MetaLearner):
         grads, results = self.meta_gradients(batch)
         epsilon = self.meta_step_size(self.iterations)
 
-        def apply():
-            for var, g in zip(self.model.trainable_variables, grads):
+        def step(grads, variables):  # The outer update is an SGD step of size epsilon.
+            for var, g in zip(variables, grads):
                 var.assign_sub(tf.cast(epsilon, g.dtype) * g)
 
-        results.update(self.apply_update(grads, apply))
+        results.update(self.outer_step(grads, step))
         self.iterations.assign_add(1)
         return results
 

@@ -1,31 +1,57 @@
-"""Task sources by datasource name: `make_tasks(config, split, seed)`.
+"""The datasource registry: name -> task sampler, input shape and the original's protocol (no TensorFlow import).
 
 A task source has `batches(meta_batch_size, num_batches=None)`, an iterator of
-`TaskBatch`es (endless unless `num_batches` is given).
+`TaskBatch`es (endless unless `num_batches` is given). `make_tasks(config,
+split, seed)` builds the one of `config.datasource`.
 """
 
 from __future__ import annotations
 
-from maml_tf.config import Config
-
-# Task sources are imported when used: `maml_tf.data.prepare` (Pillow only) must not pull in TensorFlow.
-
-
-def _sinusoid(config: Config, split: str, seed: int):
-    from maml_tf.data.sinusoid import SinusoidTasks
-    # Sinusoid tasks are infinite: no splits, as the original.
-    k = config.update_batch_size
-    return SinusoidTasks(config.support_per_class(split), k, seed, oracle=config.baseline == "oracle")
+import dataclasses
+import importlib
+from typing import Dict, Optional, Tuple
 
 
-def _images(config: Config, split: str, seed: int):
-    from maml_tf.data.images import make_image_tasks  # Imports tensorflow-datasets lazily.
-    return make_image_tasks(config, split, seed)
+@dataclasses.dataclass(frozen=True)
+class Datasource:
+    """A datasource and the protocol the original `main()` runs on it.
+
+    Attributes:
+      tasks: 'module:function' with `function(config, split, seed)` -> a task source.
+      input_shape: one example's shape.
+      classification: N-way classification (else regression, one output).
+      fc_hidden: hidden sizes of the fully connected network (`--conv=False`).
+      conv_head: 'mean' (spatial mean, Omniglot) or 'flatten' (MiniImagenet).
+      test_num_updates: inner steps reported, in training and in testing.
+      print_interval: iterations between progress lines in training.
+      clip_value: elementwise meta-gradient clipping of MAML (None: none).
+      train_query_per_class: query examples per class of training tasks (None: K).
+      needs_max_pool: the conv net's head assumes max-pooling.
+    """
+
+    tasks: str
+    input_shape: Tuple[int, ...]
+    classification: bool
+    fc_hidden: Tuple[int, ...] = (256, 128, 64, 64)
+    conv_head: str = "mean"
+    test_num_updates: Tuple[int, int] = (10, 10)
+    print_interval: int = 100
+    clip_value: Optional[float] = None
+    train_query_per_class: Optional[int] = None
+    needs_max_pool: bool = False
 
 
-DATASOURCES = {"sinusoid": _sinusoid, "omniglot": _images, "miniimagenet": _images}
+DATASOURCES: Dict[str, Datasource] = {
+    "sinusoid": Datasource("maml_tf.data.sinusoid:sinusoid_tasks", (1,), False, fc_hidden=(40, 40),
+                           test_num_updates=(5, 10), print_interval=1000),
+    "omniglot": Datasource("maml_tf.data.omniglot:omniglot_tasks", (28, 28, 1), True),
+    "miniimagenet": Datasource("maml_tf.data.miniimagenet:miniimagenet_tasks", (84, 84, 3), True,
+                               conv_head="flatten", test_num_updates=(1, 10), clip_value=10.0,
+                               train_query_per_class=15, needs_max_pool=True),
+}
 
 
-def make_tasks(config: Config, split: str, seed: int):
+def make_tasks(config, split: str, seed: int):
     """The task source of `config.datasource` for split 'train', 'val' or 'test'."""
-    return DATASOURCES[config.datasource](config, split, seed)
+    module, name = DATASOURCES[config.datasource].tasks.split(":")
+    return getattr(importlib.import_module(module), name)(config, split, seed)

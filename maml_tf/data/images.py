@@ -36,6 +36,7 @@ The per-datasource loading (folders, splits) lives in `omniglot.py` and
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import tempfile
@@ -45,7 +46,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.algorithms.base import TaskBatch
+from maml_tf.types import TaskBatch
 
 SPLITS = ("train", "val", "test")
 CACHE_NAME = ".maml_tf_decoded.npz"  # Inside the data folder, so ignored by git with it.
@@ -460,13 +461,13 @@ def make_image_tasks(config, split: str, seed: Optional[int], *, tfds_download: 
         command that prepares it).
       ValueError: unknown datasource or split, or a task larger than the split.
     """
-    # The datasource modules import this one, hence the import here.
-    from maml_tf.data import miniimagenet, omniglot
+    from maml_tf.data import DATASOURCES  # The registry names each datasource's builder.
 
-    builders = {"omniglot": omniglot.omniglot_tasks, "miniimagenet": miniimagenet.miniimagenet_tasks}
-    if config.datasource not in builders:
-        raise ValueError(f"No image tasks for datasource {config.datasource!r}; "
-                         f"image datasources: {', '.join(builders)}.")
+    entry = DATASOURCES.get(config.datasource)
+    if entry is None or config.datasource == "sinusoid":
+        raise ValueError(f"No image tasks for datasource {config.datasource!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
-    return builders[config.datasource](config, split, seed, tfds_download=tfds_download, cache=cache)
+    module, name = entry.tasks.split(":")
+    return getattr(importlib.import_module(module), name)(config, split, seed, tfds_download=tfds_download,
+                                                          cache=cache)

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from maml_tf.algorithms.base import TaskBatch
+from maml_tf.types import TaskBatch
 
 
 class SinusoidTasks:
@@ -69,3 +69,9 @@ class SinusoidTasks:
             k = self.num_support
             yield TaskBatch(inputs[:, :k], y[:, :k], inputs[:, k:], y[:, k:])
             i += 1
+
+
+def sinusoid_tasks(config, split: str, seed: int) -> SinusoidTasks:
+    """The sinusoid task source of `config` (tasks are infinite: no splits, as the original)."""
+    return SinusoidTasks(config.support_per_class(split), config.update_batch_size, seed,
+                         oracle=config.baseline == "oracle")

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.algorithms.base import TaskBatch
+from maml_tf.types import TaskBatch
 from maml_tf.data.images import ImageTasks, from_class_lists
 
 

@@ -1,0 +1,130 @@
+"""Each algorithm's own options, with its authors' defaults; `main.py` makes them `--<prefix>_<name>` flags.
+
+The options that every algorithm shares are the original MAML flags
+(`maml_tf.config.Config`); each algorithm maps them onto its authors' names
+(see its module and docs/algorithms/). No TensorFlow here: flags are
+validated before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from maml_tf.options import AlgorithmOptions, ConfigError, at_least, check_choices, option
+
+
+@dataclasses.dataclass
+class MAMLOptions(AlgorithmOptions):
+    """MAML's options are the original flags (`--update_lr`, `--num_updates`, `--stop_grad`, ...)."""
+
+
+@dataclasses.dataclass
+class ReptileOptions(AlgorithmOptions):
+    """`openai/supervised-reptile`'s flags and defaults. Shared: --num_classes (--classes), --update_batch_size
+    (--shots), --meta_batch_size (--meta-batch), --metatrain_iterations (--meta-iters), --seed."""
+
+    train_shots: int = option(0, "shots per class in a training task (0: --update_batch_size).")
+    inner_batch: int = option(5, "inner mini-batch size in training.")
+    inner_iters: int = option(20, "inner iterations per training task.")
+    replacement: bool = option(False, "draw inner mini-batches with replacement.")
+    learning_rate: float = option(1e-3, "inner Adam (beta1=0) step size, or SGD's with --reptile_sgd.")
+    meta_step: float = option(0.1, "meta step size epsilon at the start.")
+    meta_step_final: float = option(0.1, "meta step size at the end (linear schedule).")
+    eval_batch: int = option(5, "inner mini-batch size in evaluation.")
+    eval_iters: int = option(50, "inner iterations in evaluation.")
+    weight_decay: float = option(1.0, "multiply the weights by this before each inner step (1: none).")
+    transductive: bool = option(False, "evaluate all query examples in one batch (batch-norm statistics shared); "
+                                       "otherwise each with the support set.")
+    sgd: bool = option(False, "plain SGD instead of Adam in the inner loop.")
+    foml: bool = option(False, "the authors' first-order MAML instead of Reptile.")
+    foml_tail: int = option(0, "FOML: shots per class held out for the last inner step (0: none).")
+
+    def validate(self, config) -> None:
+        at_least(self, "reptile", 1, "inner_batch", "inner_iters", "eval_batch")
+        at_least(self, "reptile", 0, "train_shots", "eval_iters", "foml_tail")
+        if self.foml_tail and not self.foml:
+            raise ConfigError("--reptile_foml_tail needs --reptile_foml=True.")
+        shots = config.support_per_class("train")
+        if self.foml_tail >= shots:
+            raise ConfigError(f"--reptile_foml_tail={self.foml_tail} must be smaller than the training shots "
+                              f"({shots}, --reptile_train_shots).")
+        if self.replacement and self.inner_batch > shots * config.num_ways:
+            raise ConfigError(f"--reptile_inner_batch={self.inner_batch} is larger than a training task "
+                              f"({shots * config.num_ways} examples); mini-batches with replacement must fit.")
+
+    def training_shots(self, config) -> Optional[int]:
+        return self.train_shots or None
+
+    def exp_suffix(self, config) -> str:  # Training options only: one run is tested in both evaluation modes.
+        s = (f".ts{config.support_per_class('train')}.ib{self.inner_batch}.ii{self.inner_iters}"
+             f".lr{self.learning_rate:g}.ms{self.meta_step:g}-{self.meta_step_final:g}")
+        s += ("sgd" if self.sgd else "") + ("rep" if self.replacement else "")
+        s += f"wd{self.weight_decay:g}" if self.weight_decay != 1 else ""
+        return s + (f"foml{self.foml_tail}" if self.foml else "")
+
+    def test_suffix(self, config) -> str:
+        return f".eb{self.eval_batch}.ei{self.eval_iters}.{'transductive' if self.transductive else 'nontransductive'}"
+
+
+@dataclasses.dataclass
+class IMAMLOptions(AlgorithmOptions):
+    """`aravindr93/imaml_dev`'s flags and defaults. Shared: --meta_lr (--outer_lr), --meta_batch_size
+    (--task_mb_size), --metatrain_iterations (--meta_steps), --num_classes, --update_batch_size."""
+
+    lam: float = option(1.0, "proximal regularisation lambda of the inner problem (the paper: 2.0).")
+    solver: str = option("gd", "inner solver: gradient descent or Newton-CG.", choices=("gd", "hessian_free"))
+    n_steps: int = option(16, "inner gradient steps (gd) or Newton iterations (hessian_free).")
+    inner_lr: float = option(1e-2, "inner gradient-descent step size (the paper's Omniglot runs: 0.1).")
+    cg_steps: int = option(5, "conjugate-gradient steps of the implicit meta-gradient (<= 1: first order).")
+    cg_damping: float = option(1.0, "CG matrix (1 + d) v + H v / (lam + lam_damping): d (0 with lam_damping 0 "
+                                    "gives the exact I + H / lam).")
+    lam_damping: float = option(10.0, "added to lambda in the CG matrix, as the authors' code.")
+    hf_cg_steps: int = option(5, "CG steps per Newton iteration (hessian_free).")
+
+    def validate(self, config) -> None:
+        check_choices(self, "imaml")
+        if not self.lam > 0:
+            raise ConfigError(f"--imaml_lam must be positive; got {self.lam}.")
+        at_least(self, "imaml", 0, "n_steps", "cg_steps")
+        at_least(self, "imaml", 1, "hf_cg_steps")
+
+    def exp_suffix(self, config) -> str:
+        return (f".{self.solver}.lam{self.lam:g}.n{self.n_steps}"
+                + (f".lr{self.inner_lr:g}" if self.solver == "gd" else f".hfcg{self.hf_cg_steps}")
+                + f".cg{self.cg_steps}.d{self.cg_damping:g}-{self.lam_damping:g}")
+
+
+@dataclasses.dataclass
+class MetaSGDOptions(AlgorithmOptions):
+    """Meta-SGD (Li et al. 2017). Shared with MAML: --num_updates, --meta_lr, --stop_grad, --meta_batch_size."""
+
+    init: str = option("uniform", "initial step sizes: 'uniform' in [init_low, init_high] (the paper), or "
+                                  "'update_lr' (every step size --update_lr).", choices=("uniform", "update_lr"))
+    init_low: float = option(0.005, "lower end of the uniform initial step sizes.")
+    init_high: float = option(0.1, "upper end of the uniform initial step sizes.")
+    learn_lr: bool = option(True, "meta-learn the step sizes (False: frozen at their initial values).")
+
+    def validate(self, config) -> None:
+        check_choices(self, "metasgd")
+        if not 0 <= self.init_low <= self.init_high:
+            raise ConfigError(f"Need 0 <= --metasgd_init_low <= --metasgd_init_high; got {self.init_low}, "
+                              f"{self.init_high}.")
+
+    def exp_suffix(self, config) -> str:
+        init = f"u{self.init_low:g}-{self.init_high:g}" if self.init == "uniform" else "alpha"
+        return f".init{init}" + ("" if self.learn_lr else ".frozen")
+
+
+@dataclasses.dataclass
+class ANILOptions(AlgorithmOptions):
+    """ANIL (Raghu et al. 2020). Shared with MAML: --update_lr, --num_updates, --meta_lr, --stop_grad."""
+
+    head_layers: int = option(1, "layers with weights, counted back from the output, that adapt in the inner loop "
+                                 "(the paper: 1, the final layer).")
+
+    def validate(self, config) -> None:
+        at_least(self, "anil", 1, "head_layers")
+
+    def exp_suffix(self, config) -> str:
+        return f".head{self.head_layers}"

@@ -1,0 +1,187 @@
+"""How the tasks of a meta-batch are run: an execution choice, kept apart from the maths.
+
+An algorithm writes its per-task computation once, as
+`task_fn(view, params, tasks) -> dict`, against a `TaskView` (the forward
+pass, the loss, the gradient and the layout of weights). A backend runs it
+over a meta-batch:
+
+- `MapFn`: one task at a time under `tf.map_fn`, as the original. `tasks`
+  is one task (no task axis); each task's meta-gradient is taken inside the
+  mapped function, so nothing is differentiated through the loop.
+- `TaskBatched`: every task of a group at once through
+  `maml_tf.batched.TaskBatchedNetwork` (grouped convolutions, batched
+  matmuls), each task with its own fast weights in *task layout*; `tasks`
+  has a leading task axis and losses are one per task. Groups are
+  independent branches of the graph, which TensorFlow runs in parallel.
+
+Both return per-task results with a leading task axis and, when asked, the
+mean over tasks of the gradient of `task_fn`'s `objective` with respect to
+`params`. `tests/test_execution.py` checks that they agree. A distributed
+backend (one replica per group of tasks) is the next one of this kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
+from maml_tf.types import TaskBatch
+from maml_tf.losses import per_task
+
+
+class TaskView:
+    """One backend's view of the model, for an algorithm's per-task maths.
+
+    Attributes:
+      split: which weights adapt (`ParameterSplit`).
+      dtype: the dtype of losses and results.
+      batched: whether tensors carry a leading task axis (task layout).
+    """
+
+    def __init__(self, learner, network: Optional[TaskBatchedNetwork] = None, num_tasks=None):
+        self.learner, self.network, self.num_tasks = learner, network, num_tasks
+        self.split, self.dtype, self.batched = learner.split, learner.dtype, network is not None
+
+    def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
+        """Outputs of the model with `weights` on `x` (see `MetaLearner.forward`)."""
+        if self.network is None:
+            return self.learner.forward(weights, x, step=step, differentiated_once=differentiated_once)
+        return self.network(weights, x, differentiated_once=differentiated_once)
+
+    def loss(self, outputs, labels):
+        """The task loss: a scalar, or `[tasks]` in task layout."""
+        if self.network is None:
+            return self.learner.task_loss(outputs, labels)
+        fn = self.learner.loss_fn
+        return per_task(fn if hasattr(fn, "batched") else self.learner.task_loss, outputs, labels)
+
+    def metric(self, outputs, labels):
+        if self.network is None:
+            return self.learner.metric_fn(outputs, labels)
+        return per_task(self.learner.metric_fn, outputs, labels)
+
+    def gradient(self, tape, loss, sources):
+        """`d sum(loss) / d sources`: in task layout, each task's slice is that task's own gradient."""
+        return self.learner.gradient(tape, loss, sources)
+
+    def layout(self, tensors: Sequence, indices: Optional[Sequence[int]] = None) -> list:
+        """Meta-parameters -> this view's layout: unchanged one task at a time; in task layout, one copy
+        per task. `indices`: which of the model's trainable variables `tensors` align with (default all)."""
+        if self.network is None:
+            return list(tensors)
+        return self.network.per_task(tensors, self.num_tasks, indices)
+
+
+class MapFn:
+    """Tasks one at a time with `tf.map_fn` (the original's `map_fn` over `task_metalearn`)."""
+
+    name = "map_fn"
+
+    def run(self, learner, task_fn: Callable, params, batch: TaskBatch, keys: Sequence[str],
+            with_gradients: bool = False) -> Dict[str, object]:
+        view = TaskView(learner)
+        spec = {k: tf.TensorSpec(None, learner.dtype) for k in keys if k != "grads"}
+        if with_gradients or "grads" in keys:  # A task_fn may return its own gradient (iMAML's implicit one).
+            spec["grads"] = tf.nest.map_structure(lambda w: tf.TensorSpec(w.shape, w.dtype), params)
+
+        def task(data):
+            tasks = TaskBatch(*data)
+            if not with_gradients:
+                out = task_fn(view, params, tasks)
+                return {k: out[k] for k in keys}
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                out = task_fn(view, params, tasks)
+            return {**{k: out[k] for k in keys}, "grads": learner.gradient(tape, out["objective"], params)}
+
+        results = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
+        if with_gradients:
+            results["grads"] = tf.nest.map_structure(lambda g: tf.reduce_mean(g, 0), results["grads"])
+        return results
+
+
+class TaskBatched:
+    """Tasks at once, in `groups` groups run in parallel, through the task-batched network."""
+
+    name = "task_batched"
+
+    def __init__(self, network: TaskBatchedNetwork, groups: int):
+        self.network, self.groups = network, groups
+
+    def run(self, learner, task_fn: Callable, params, batch: TaskBatch, keys: Sequence[str],
+            with_gradients: bool = False) -> Dict[str, object]:
+        tape = tf.GradientTape(watch_accessed_variables=False) if with_gradients else None
+        with tape or contextlib.nullcontext():
+            if tape:
+                tape.watch(params)
+            parts = []
+            for group in self.split(batch):
+                num_tasks = group.support_x.shape[0] or tf.shape(group.support_x)[0]
+                parts.append(task_fn(TaskView(learner, self.network, num_tasks), params, group))
+            out = {k: tf.concat([p[k] for p in parts], 0) for k in list(keys) + ["objective"] * with_gradients}
+            objective = tf.reduce_mean(out.pop("objective")) if tape else None
+        if with_gradients:
+            out["grads"] = learner.gradient(tape, objective, params)
+        return out
+
+    def split(self, batch: TaskBatch) -> list:
+        """`batch` split along the task axis into near-equal groups (one if its size is dynamic)."""
+        num_tasks = batch.support_x.shape[0]
+        groups = 1 if num_tasks is None else min(self.groups, num_tasks)
+        if groups == 1:
+            return [batch]
+        sizes = [num_tasks // groups + (g < num_tasks % groups) for g in range(groups)]
+        return [TaskBatch(*parts) for parts in zip(*[tf.split(t, sizes) for t in batch])]
+
+
+def default_task_groups(jit_compile: bool = False) -> int:
+    """Groups of tasks in a task-batched step: one on a GPU or under XLA (the largest operations), else two
+    per CPU core, which was fastest on the CPU benchmarks (benchmarks/README.md)."""
+    if jit_compile or tf.config.list_physical_devices("GPU"):
+        return 1
+    return 2 * (os.cpu_count() or 1)
+
+
+class Execution:
+    """Chooses the backend of each meta-batch.
+
+    Args:
+      model: the Keras model.
+      batch_tasks: None (default): task-batched whenever the model is
+        supported (a chain of the layers the original networks use, see
+        `maml_tf.batched.unsupported_reason`) and, for conv nets, a task has
+        fewer than `batched_conv_max_support` support examples; True: always
+        (raises if the model is not supported); False: never.
+      task_groups: groups of tasks when task-batched (default:
+        `default_task_groups`).
+      batched_conv_max_support: see `batch_tasks`; 0: no limit. On the 2-core
+        CPU, task-batched conv nets were faster for small support sets only.
+    """
+
+    def __init__(self, model, batch_tasks: Optional[bool] = None, task_groups: Optional[int] = None,
+                 batched_conv_max_support: int = 10):
+        reason = unsupported_reason(model) if batch_tasks is not False else "batch_tasks=False"
+        if batch_tasks and reason is not None:
+            raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
+        self.network = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
+        self.batch_tasks, self.batched_conv_max_support = batch_tasks, int(batched_conv_max_support)
+        self.task_groups = None if task_groups is None else int(task_groups)
+        self.jit_compile = False
+
+    def runs_batched(self, batch: TaskBatch) -> bool:
+        if self.network is None:
+            return False
+        if self.batch_tasks or not self.network.convolutional or not self.batched_conv_max_support:
+            return True
+        examples = TaskBatch(*batch).support_x.shape[1]
+        return examples is not None and examples < self.batched_conv_max_support
+
+    def backend(self, batch: TaskBatch):
+        """The backend that runs `batch`."""
+        if self.runs_batched(batch):
+            return TaskBatched(self.network, self.task_groups or default_task_groups(self.jit_compile))
+        return MapFn()

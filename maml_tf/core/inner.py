@@ -1,0 +1,184 @@
+"""Inner optimisers as `(init, update)` pairs, one inner step, and the inner loop.
+
+An inner optimiser works on the *adapted* entries of the weights (see
+`maml_tf.functional.ParameterSplit`) and an explicit state:
+
+    state = opt.init(adapted)
+    new_adapted, state = opt.update(grads, state, adapted, step)
+
+`step` is the 0-based inner step (a Python int in an unrolled loop, a tensor
+in a `tf.while_loop`), which per-step step sizes (MAML++) index. `prepare`
+maps the weights before the gradient is taken (Reptile's weight decay).
+
+The inner loop runs on a `TaskView` (`maml_tf.core.execution`): one task
+under `tf.map_fn`, or every task of a group at once in task layout. Its
+losses are then one per task and the gradient of their sum is each task's own
+gradient, so the same code serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
+
+import tensorflow as tf
+
+
+def _identity(weights):
+    return weights
+
+
+class InnerOptimizer(NamedTuple):
+    """`init(adapted) -> state`; `update(grads, state, adapted, step) -> (new_adapted, state)`;
+    `prepare(adapted) -> adapted` before the gradient."""
+
+    init: Callable
+    update: Callable
+    prepare: Callable = _identity
+
+
+def sgd(learning_rate) -> InnerOptimizer:
+    """`w - lr * g` (MAML's inner step, `--update_lr`)."""
+
+    def update(grads, state, weights, step):
+        return [w - learning_rate * g for w, g in zip(weights, grads)], state
+
+    return InnerOptimizer(lambda weights: (), update)
+
+
+def learned_sgd(step_sizes: Sequence, per_step: bool = False) -> InnerOptimizer:
+    """`w - a * g` with meta-learned step sizes `a`, one per adapted weight.
+
+    Args:
+      step_sizes: aligned with the adapted weights: tensors of the weight's
+        shape (Meta-SGD: one step size per parameter), or scalars (per layer).
+      per_step: each entry has a leading axis of inner steps, indexed by the
+        step (MAML++'s per-layer per-step learning rates).
+    """
+
+    def update(grads, state, weights, step):
+        sizes = [a[step] for a in step_sizes] if per_step else step_sizes
+        return [w - a * g for w, a, g in zip(weights, sizes, grads)], state
+
+    return InnerOptimizer(lambda weights: (), update)
+
+
+def adam(learning_rate, beta1: float = 0.0, beta2: float = 0.999, epsilon: float = 1e-8) -> InnerOptimizer:
+    """TF1 `AdamOptimizer`'s update, state `(m, v, steps)` (Reptile: beta1 = 0, the state carried across tasks)."""
+
+    def init(weights):
+        return [tf.zeros_like(w) for w in weights], [tf.zeros_like(w) for w in weights], tf.constant(0, tf.int64)
+
+    def update(grads, state, weights, step):
+        m, v, steps = state
+        steps = steps + 1
+        t = tf.cast(steps, weights[0].dtype)
+        m = [beta1 * mi + (1.0 - beta1) * g for mi, g in zip(m, grads)]
+        v = [beta2 * vi + (1.0 - beta2) * tf.square(g) for vi, g in zip(v, grads)]
+        lr_t = learning_rate * tf.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        return [w - lr_t * mi / (tf.sqrt(vi) + epsilon) for w, mi, vi in zip(weights, m, v)], (m, v, steps)
+
+    return InnerOptimizer(init, update)
+
+
+def with_weight_decay(optimizer: InnerOptimizer, factor: float) -> InnerOptimizer:
+    """`optimizer`, with the weights multiplied by `factor` before each step's gradient (Reptile's
+    `--weight-decay`; 1: unchanged)."""
+    if factor == 1.0:
+        return optimizer
+    return optimizer._replace(prepare=lambda weights: [w * factor for w in optimizer.prepare(weights)])
+
+
+def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, step=None, *,
+               first_order: bool = False, regularizer: Optional[Callable] = None):
+    """One step of `optimizer` on the loss of `(x, y)` over the adapted entries of `weights`.
+
+    Args:
+      view: the `TaskView` (forward pass, loss, gradient, which entries adapt).
+      regularizer: optional `f(adapted) -> scalar` added to the loss (iMAML's proximal term).
+      first_order: stop the gradient through the inner gradient (first-order MAML).
+
+    Returns:
+      `(outputs, loss, new_weights, state)`: outputs and loss at `weights`
+      (after `prepare`), the full weight list after the step.
+    """
+    split = view.split
+    adapted = optimizer.prepare(split.adapted(weights))
+    weights = split.replace(weights, adapted)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(adapted)
+        outputs = view.forward(weights, x, step=step)
+        loss = view.loss(outputs, y)
+        objective = loss if regularizer is None else loss + regularizer(adapted)
+    grads = view.gradient(tape, objective, adapted)
+    if first_order:
+        grads = [tf.stop_gradient(g) for g in grads]
+    new, state = optimizer.update(grads, state, adapted, step)
+    return outputs, loss, split.replace(weights, new), state
+
+
+class Trajectory(NamedTuple):
+    """What `inner_loop` returns.
+
+    weights: the fast weights after the last step; state: the optimiser's.
+    support_outputs, support_loss: at the initial weights (pre-update).
+    query_outputs, query_losses: `{step: ...}` after each requested step (0-based).
+    """
+
+    weights: list
+    state: object
+    support_outputs: tf.Tensor
+    support_loss: tf.Tensor
+    query_outputs: Dict[int, tf.Tensor]
+    query_losses: Dict[int, tf.Tensor]
+
+
+def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_steps: int, *,
+               query=None, query_steps: Sequence[int] = (), state=None, first_order: bool = False) -> Trajectory:
+    """`num_steps` inner steps on the support set `(x, y)`, unrolled in Python, with the query set after
+    each of `query_steps`.
+
+    The query passes are declared `differentiated_once`: only the outer
+    gradient's first derivative goes through them, so batch norm may use its
+    fused kernel there (see `maml_tf.networks.exact_normalize`).
+    """
+    x, y = support
+    state = optimizer.init(view.split.adapted(weights)) if state is None else state
+    support_outputs = support_loss = None
+    query_outputs, query_losses = {}, {}
+    for step in range(num_steps):
+        outputs, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, step,
+                                                   first_order=first_order)
+        if step == 0:
+            support_outputs, support_loss = outputs, loss
+        if step in query_steps:
+            query_outputs[step] = view.forward(weights, query[0], step=step, differentiated_once=True)
+            query_losses[step] = view.loss(query_outputs[step], query[1])
+    return Trajectory(list(weights), state, support_outputs, support_loss, query_outputs, query_losses)
+
+
+def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches: Callable, num_steps, *,
+                     state=None, regularizer: Optional[Callable] = None):
+    """`num_steps` inner steps (a `tf.while_loop`, not differentiated), step i on `batches(i) -> (x, y)`.
+
+    For long inner loops whose path the meta-gradient does not need (Reptile,
+    iMAML's solver): the graph holds one step whatever `num_steps` is.
+
+    Returns:
+      `(weights, state, first_loss)`: the loss at the first step (before any update).
+    """
+    state = optimizer.init(view.split.adapted(weights)) if state is None else state
+
+    def body(i, weights, state, first_loss):
+        x, y = batches(i)
+        _, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, i, regularizer=regularizer)
+        return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
+
+    first = tf.constant(float("nan"), view.dtype)
+    _, weights, state, first_loss = tf.while_loop(lambda i, *_: i < num_steps, body,
+                                                  (tf.constant(0), list(weights), state, first))
+    return weights, state, first_loss
+
+
+def stack_steps(values: Dict[int, tf.Tensor], axis: int = 0) -> tf.Tensor:
+    """The per-step dict of a `Trajectory` as one tensor, steps in order along `axis`."""
+    return tf.stack([values[k] for k in sorted(values)], axis)

@@ -1,0 +1,86 @@
+"""The one outer update: `theta <- optimiser(theta, clip(meta-gradient))`, used by every algorithm and `MetaModel`.
+
+Order: elementwise clipping (the original clips MiniImagenet's meta-gradient
+to [-10, 10]); then, in a distributed run, the all-reduce (mean over
+replicas) would go here, before anything that looks at the values; then, with
+float16 layers, the loss-scale guard (an update with a non-finite gradient is
+skipped); then the optimiser.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 computation (`--mixed_precision`), as Keras' `LossScaleOptimizer`.
+
+    Gradients are taken of `loss * scale` and divided by `scale`
+    (`MetaLearner.gradient`). An update whose gradients are all finite is
+    applied, and after `growth_steps` such updates in a row the scale doubles;
+    an update with an inf or NaN is skipped and the scale halves.
+    Kept separate from the optimiser so that MAML's elementwise clipping sees
+    the unscaled meta-gradient, and the inner loop uses the same scale.
+    """
+
+    def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000):
+        super().__init__(name="loss_scale")
+        self.scale = tf.Variable(initial_scale, trainable=False, dtype=tf.float32, name="scale")
+        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
+        self.growth_steps = growth_steps
+
+    def update(self, grads: Sequence, apply: Callable[[], None]) -> tf.Tensor:
+        """Runs `apply()` if every gradient is finite and adjusts the scale; returns whether it applied."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+        def good():
+            apply()
+            grow = self.good_steps + 1 >= self.growth_steps
+            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
+            self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1))
+            return tf.constant(True)
+
+        def bad():
+            self.scale.assign(tf.maximum(self.scale * 0.5, 1.0))
+            self.good_steps.assign(0)
+            return tf.constant(False)
+
+        return tf.cond(finite, good, bad)
+
+
+def clip_by_value(grads: Sequence, clip_value: Optional[float]) -> list:
+    """Elementwise clipping to `[-clip_value, clip_value]` (none if `clip_value` is None)."""
+    if clip_value is None:
+        return list(grads)
+    return [tf.clip_by_value(g, -clip_value, clip_value) for g in grads]
+
+
+def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = None,
+                 loss_scale: Optional[DynamicLossScale] = None) -> dict:
+    """Applies the meta-gradient `grads` to `variables` (aligned nests).
+
+    Args:
+      optimizer: a Keras optimiser (`optimizer.apply`), or a function
+        `apply(grads, variables)` (Reptile's epsilon step).
+      clip_value: elementwise clipping.
+      loss_scale: with float16 layers: skip the update if a gradient is not
+        finite, and adjust the scale.
+
+    Returns:
+      Entries for the step's results: none without loss scaling, else
+      `loss_scale` (the scale this step used) and `update_skipped`.
+    """
+    grads, variables = clip_by_value(tf.nest.flatten(grads), clip_value), tf.nest.flatten(variables)
+    # tf.distribute: grads = replica_context.all_reduce("mean", grads) goes here.
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        apply = lambda: optimizer.apply(grads, variables)  # noqa: E731
+    else:
+        apply = lambda: optimizer(grads, variables)  # noqa: E731
+    if loss_scale is None:
+        apply()
+        return {}
+    used = loss_scale.scale.read_value()
+    return {"loss_scale": used, "update_skipped": tf.logical_not(loss_scale.update(grads, apply))}

@@ -1,0 +1,57 @@
+"""Declaring options as dataclass fields, from which `main.py` builds its flags (no TensorFlow import).
+
+    lam: float = option(1.0, "proximal regularisation lambda of the inner problem.")
+
+An algorithm's options dataclass (a subclass of `AlgorithmOptions`) gives its
+prefixed flags (`--<prefix>_<field>`), their validation, and its part of the
+experiment folder's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+def option(default, help: str, choices: Optional[Sequence[str]] = None):  # noqa: A002 (absl's word)
+    """A dataclass field carrying its flag help (and, for strings, the allowed values)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass
+class AlgorithmOptions:
+    """Base of an algorithm's own options; every hook has a neutral default."""
+
+    def validate(self, config) -> None:
+        """Raises `ConfigError` for values that cannot run with `config`."""
+
+    def exp_suffix(self, config) -> str:
+        """Appended to the experiment folder's name (after `.<algorithm>`): the training options."""
+        return ""
+
+    def test_suffix(self, config) -> str:
+        """Appended to the test files' name: options that change evaluation only."""
+        return ""
+
+    def training_shots(self, config) -> Optional[int]:
+        """Support examples per class of training tasks, if the algorithm sets its own."""
+        return None
+
+
+def check_choices(options, prefix: str) -> None:
+    """Raises `ConfigError` for a string field outside its declared choices."""
+    for f in dataclasses.fields(options):
+        choices, value = f.metadata.get("choices"), getattr(options, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"--{prefix}_{f.name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def at_least(options, prefix: str, minimum, *names: str) -> None:
+    """Raises `ConfigError` unless each of `names` is at least `minimum`."""
+    for name in names:
+        if getattr(options, name) < minimum:
+            raise ConfigError(f"--{prefix}_{name} must be at least {minimum}; got {getattr(options, name)}.")
