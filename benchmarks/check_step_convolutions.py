@@ -1,4 +1,5 @@
-"""The compiled MAML train step runs exactly the convolutions its meta-gradient needs, no more.
+"""The compiled MAML train step runs exactly the convolutions its meta-gradient needs, no more (an
+implementation check, not a behaviour test: `python -m pytest benchmarks/check_step_convolutions.py`).
 
 Counted in the step's graph by `benchmarks/convolutions.py` (ops feeding no
 result left out, loops counted once per run), as `benchmarks/conv_floor.py`
@@ -24,7 +25,7 @@ import pytest
 from maml_tf import train
 from maml_tf.config import Config
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_meta_iteration import synthetic_batches  # noqa: E402
 from convolutions import count_convolutions, flops, summary  # noqa: E402
