@@ -44,7 +44,11 @@ FLAGS = flags.FLAGS
 
 def parse_overrides(pairs):
     """`['key=value', ...]` -> typed `Config` fields."""
+    from maml_tf import algorithms
+
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    for entry in algorithms.ALGORITHMS.values():  # Prefixed options, as main.py's flags.
+        fields.update({f"{entry.prefix}_{f.name}": f for f in dataclasses.fields(entry.options)})
     out = {}
     for pair in pairs:
         key, _, value = pair.partition("=")

@@ -5,6 +5,7 @@
     python benchmarks/run_suite.py --only=omniglot5_maml,omniglot5_fomaml --iterations=10
     python benchmarks/run_suite.py --repeats=3          # on a noisy machine: median of 3 runs per case
     python benchmarks/run_suite.py --original_dir=/tmp/cbfinn-maml  # time the original code too, side by side
+    python benchmarks/run_suite.py --baseline_dir=../baseline --repeats=2  # an older commit's checkout, side by side
 
 Each case runs `bench_meta_iteration.py` in a fresh Python process, so the
 peak resident memory is that case's alone. Results go to
@@ -82,6 +83,8 @@ flags.DEFINE_integer("warmup", 3, "untimed iterations per case.")
 flags.DEFINE_integer("repeats", 1, "runs of each case, round-robin; the table gives the median of their medians, "
                      "the min and max over all their iterations and the largest peak memory.")
 flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml: time the original code too.")
+flags.DEFINE_string("baseline_dir", None, "a checkout of another commit of this project (git worktree add): time "
+                    "its bench_meta_iteration.py on every case too, round-robin, and add a comparison table.")
 flags.DEFINE_string("out", os.path.join(HERE, "results"), "output folder.")
 FLAGS = flags.FLAGS
 
@@ -92,14 +95,14 @@ def original_of(case):
     return (preset, tuple(o for o in overrides if o == "stop_grad=True")) if figures else None
 
 
-def run_case(preset, overrides, script="bench_meta_iteration.py", extra=()):
+def run_case(preset, overrides, script="bench_meta_iteration.py", extra=(), cwd=None):
     # Millisecond sinusoid steps vary by 2x between runs of 30 iterations: time more of them.
     iterations = max(FLAGS.iterations, SINUSOID_ITERATIONS) if preset == "sinusoid" else FLAGS.iterations
     cmd = [sys.executable, os.path.join(HERE, script), f"--preset={preset}",
            f"--iterations={iterations}", f"--warmup={FLAGS.warmup}", *extra]
     if overrides:
         cmd.append("--set=" + ",".join(overrides))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}, cmd
     return json.loads(proc.stdout.strip().splitlines()[-1]), cmd
@@ -126,14 +129,20 @@ def main(_):
         jobs += [((*original, setting), *original, "bench_original.py", (f"--original_dir={FLAGS.original_dir}",
                                                                          *setting))
                  for original in originals for setting in ORIGINAL_SETTINGS]
+    if FLAGS.baseline_dir:
+        baseline = os.path.abspath(FLAGS.baseline_dir)
+        jobs += [(("baseline", name), *cases[name][:2], os.path.join(baseline, "benchmarks", "bench_meta_iteration.py"),
+                  ()) for name in names]
     runs = {job[0]: [] for job in jobs}
     commands = {}
     for repeat in range(FLAGS.repeats):  # Round-robin, so that a slow spell of the machine hits every case.
         for key, preset, overrides, script, extra in jobs:
             start = time.time()
-            report, commands[key] = run_case(preset, list(overrides), script, extra)
+            cwd = os.path.dirname(os.path.dirname(script)) if os.path.isabs(script) else None
+            report, commands[key] = run_case(preset, list(overrides), script, extra, cwd)
             runs[key].append(report)
-            label = key if isinstance(key, str) else f"original {preset} {' '.join(overrides)} {' '.join(extra[1:])}"
+            label = key if isinstance(key, str) else " ".join(key) if key[0] == "baseline" else \
+                f"original {preset} {' '.join(overrides)} {' '.join(extra[1:])}"
             print(f"{label} (run {repeat + 1}): {report.get('median_s', report.get('error'))} s, "
                   f"{report.get('peak_rss_gb')} GB ({time.time() - start:.0f} s)", flush=True)
     command = lambda key: " ".join(["python", os.path.relpath(commands[key][1], os.path.dirname(HERE))]
@@ -183,6 +192,17 @@ def main(_):
             same_cells = " | | "
         lines.append(f"| {r['case']} | {r['median_s']:.4g} | {r['min_s']:.4g} | {r['max_s']:.4g} | "
                      f"{r['peak_rss_gb']:.2f} | {orig[0] or ''} | {orig[1] or ''} | {ratio} | {same_cells} |")
+    if FLAGS.baseline_dir:
+        lines += ["", f"Side by side with {FLAGS.baseline_dir} (another commit), same run, round-robin:", "",
+                  "| case | this commit s | baseline s | ratio (this / baseline) | this commit GB | baseline GB |",
+                  "|---|---|---|---|---|---|"]
+        for r in results:
+            b = combine(runs[("baseline", r["case"])])
+            if "error" in r or "error" in b:
+                lines.append(f"| {r['case']} | {r.get('error', '')} | {b.get('error', '')} | | | |")
+                continue
+            lines.append(f"| {r['case']} | {r['median_s']:.4g} | {b['median_s']:.4g} | "
+                         f"{r['median_s'] / b['median_s']:.2f} | {r['peak_rss_gb']:.2f} | {b['peak_rss_gb']:.2f} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
