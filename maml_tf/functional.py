@@ -39,7 +39,7 @@ def check_weights(model: keras.Model, weights: Sequence) -> None:
 
 def functional_call(model: keras.Model, weights: Sequence, inputs, training: bool = True,
                     non_trainable: Optional[Sequence] = None, *, step=None, condition=None,
-                    differentiated_once: bool = False):
+                    differentiated_once: bool = False, task_layout: bool = False):
     """Runs `model(inputs)` with `weights` in place of its trainable variables.
 
     Args:
@@ -58,10 +58,18 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
         this pass (MAML's query pass), so batch norm may run TensorFlow's fused
         kernel, whose second derivative is inexact (`networks.exact_normalize`).
         Only this call's trace is affected.
+      task_layout: `weights` hold one copy per task and `inputs` a leading
+        task axis `[T, N, ...]`: every task runs at once, each with its own
+        weights (`maml_tf.batched.TaskBatchedNetwork`; the model must be a
+        supported chain of layers, `maml_tf.batched.unsupported_reason`).
 
     Returns:
-      The model outputs.
+      The model outputs (`[T, N, ...]` in task layout).
     """
+    if task_layout:
+        if step is not None and takes_argument(model, "step") or condition is not None:
+            raise ValueError("A step-aware or conditioned model cannot run in task layout.")
+        return task_batched_network(model)(weights, inputs, differentiated_once=differentiated_once)
     check_weights(model, weights)
     if non_trainable is None:
         non_trainable = current_non_trainable(model, fresh_seeds=training)
@@ -75,6 +83,17 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
     with networks.differentiated_once() if differentiated_once else contextlib.nullcontext():
         outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, **kwargs)
     return outputs
+
+
+def task_batched_network(model: keras.Model):
+    """The task-layout form of `model` (built once per model)."""
+    from maml_tf.batched import TaskBatchedNetwork  # batched.py builds on this module's layers.
+
+    network = getattr(model, "_maml_tf_task_batched", None)
+    if network is None:
+        network = TaskBatchedNetwork(model)
+        object.__setattr__(model, "_maml_tf_task_batched", network)  # Not tracked by Keras.
+    return network
 
 
 def takes_argument(model: keras.Model, name: str) -> bool:

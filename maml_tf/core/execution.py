@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional, Sequence
 import tensorflow as tf
 
 from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
+from maml_tf.functional import task_batched_network
 from maml_tf.types import TaskBatch
 from maml_tf.losses import per_task
 
@@ -47,10 +48,9 @@ class TaskView:
         self.split, self.dtype, self.batched = learner.split, learner.dtype, network is not None
 
     def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
-        """Outputs of the model with `weights` on `x` (see `MetaLearner.forward`)."""
-        if self.network is None:
-            return self.learner.forward(weights, x, step=step, differentiated_once=differentiated_once)
-        return self.network(weights, x, differentiated_once=differentiated_once)
+        """Outputs of the model with `weights` on `x` (`MetaLearner.forward`, in this view's layout)."""
+        return self.learner.forward(weights, x, step=step, differentiated_once=differentiated_once,
+                                    task_layout=self.batched)
 
     def loss(self, outputs, labels):
         """The task loss: a scalar, or `[tasks]` in task layout."""
@@ -167,7 +167,7 @@ class Execution:
         reason = unsupported_reason(model) if batch_tasks is not False else "batch_tasks=False"
         if batch_tasks and reason is not None:
             raise ValueError(f"batch_tasks=True, but model {model.name!r} cannot run task-batched: {reason}.")
-        self.network = TaskBatchedNetwork(model) if reason is None and batch_tasks is not False else None
+        self.network = task_batched_network(model) if reason is None and batch_tasks is not False else None
         self.batch_tasks, self.batched_conv_max_support = batch_tasks, int(batched_conv_max_support)
         self.task_groups = None if task_groups is None else int(task_groups)
         self.jit_compile = False
