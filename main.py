@@ -54,18 +54,57 @@ def config_from_flags() -> Config:
     return Config(**values)
 
 
+def usage_error(message: str):
+    """One line and exit status 2, as for any command-line tool."""
+    print(f"main.py: error: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        usage_error(str(e))
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's own log lines out of a normal run (`--tf_log` shows them).
+
+    Its C++ start-up notices (the absl pre-initialisation warning, oneDNN, CUDA
+    probes) are written to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL
+    says, so descriptor 2 goes to /dev/null and Python's `sys.stderr` writes
+    to a copy of the original: the program's own errors and warnings, and
+    Python tracebacks, still reach the terminal.
+    """
+    sys.stderr.flush()
+    original = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = os.fdopen(original, "w", buffering=1)
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint sharding).
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def main(argv):
     try:
         if len(argv) > 1:
             raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = config_from_flags().validate()
     except ConfigError as e:
-        print(f"main.py: error: {e} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        usage_error(str(e))
+    if not config.tf_log:
+        quiet_tensorflow()
     from maml_tf import train  # TensorFlow is imported only after the flags are checked.
+    from maml_tf.data.errors import DataError
+
     try:
         train.run(config)
-    except (train.TrainingError, FileNotFoundError) as e:
+    except (train.TrainingError, DataError, FileNotFoundError) as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -73,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

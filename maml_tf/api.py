@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf import algorithms
-from maml_tf.algorithms.base import refresh_statistics
+from maml_tf.algorithms.base import check_task_batch, refresh_statistics
 from maml_tf.types import TaskBatch
 from maml_tf.functional import functional_call
 
@@ -46,7 +46,18 @@ def task_loss(loss) -> Callable:
     fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
     if not callable(fn):
         raise TypeError(f"loss must be a Keras loss name, a keras.losses.Loss or a callable; got {loss!r}.")
-    return lambda outputs, labels: tf.reduce_mean(fn(labels, outputs))
+    return lambda outputs, labels: tf.reduce_mean(check_scalar_or_tensor(fn(labels, outputs), _name(loss)))
+
+
+def check_scalar_or_tensor(value, what: str):
+    """A loss's per-example values as a float tensor, or `ValueError` naming the loss."""
+    try:
+        value = tf.convert_to_tensor(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Loss {what!r} must return a float tensor; it returned {type(value).__name__}.") from None
+    if not value.dtype.is_floating:
+        raise ValueError(f"Loss {what!r} must return a float tensor; it returned dtype {value.dtype.name}.")
+    return value
 
 
 def task_metrics(metrics) -> Optional[Callable]:
@@ -119,9 +130,9 @@ class FastModel:
 
 def _to_task_batch(data) -> TaskBatch:
     if isinstance(data, dict):
-        return TaskBatch(**{k: data[k] for k in TaskBatch._fields})
+        return check_task_batch(TaskBatch(**{k: data[k] for k in TaskBatch._fields}))
     if isinstance(data, (tuple, list)) and len(data) == 4:
-        return TaskBatch(*data)
+        return check_task_batch(TaskBatch(*data))
     raise ValueError("MetaModel expects task batches: TaskBatch(support_x, support_y, query_x, query_y), a 4-tuple "
                      "or a dict with those keys, each with a leading task axis (see maml_tf.data.tasks).")
 

@@ -70,7 +70,8 @@ class Config:
     omniglot_source: str = option("folder", "read Omniglot from data_dir/omniglot_resized or from "
                                             "tensorflow-datasets.", choices=("folder", "tfds"))
     tfds_data_dir: Optional[str] = option(None, "tensorflow-datasets folder (omniglot_source=tfds).")
-    progress: bool = option(True, "show a progress bar on a terminal.")
+    progress: bool = option(True, "show progress: a bar on a terminal, else a line with the rate every minute.")
+    tf_log: bool = option(False, "show TensorFlow's own log lines (start-up notices, C++ warnings).")
     import_checkpoint: Optional[str] = option(
         None, "start from (or, with --train=False, evaluate) a TF1 checkpoint written by the original code, "
               "e.g. logs/miniimagenet1shot/.../model59000.")
@@ -140,6 +141,8 @@ class Config:
         for name in ("meta_lr", "update_lr"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"--{name} must be a finite non-negative number; got {getattr(self, name)}.")
+        if self.test_iter < -1 or self.test_iter == 0:
+            raise ConfigError(f"--test_iter must be -1 (the latest checkpoint) or positive; got {self.test_iter}.")
         if self.train_update_batch_size < -1 or self.train_update_batch_size == 0:
             raise ConfigError("--train_update_batch_size must be -1 (same as --update_batch_size) or positive.")
         if self.algorithm != "maml" and (self.pretrain_iterations or self.baseline):

@@ -9,14 +9,17 @@ Adam state and the iteration), and the test CSV / pickle / sinusoid figure.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
-import dataclasses
 import json
 import os
 import pickle
+import signal
+import socket
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -90,6 +93,26 @@ class Checkpoints:
     def available(self):
         return [int(p.rsplit("-", 1)[1]) for p in self.manager.checkpoints] or "none"
 
+    def restore_latest(self, test_iter: int = -1) -> Optional[str]:
+        """Restores `--test_iter`'s checkpoint, or the newest intact one (a damaged one is skipped with a
+        warning naming it: e.g. a run killed while it saved). Returns the path, or None if there is none."""
+        if test_iter > 0:
+            path = self.path(test_iter)
+            try:
+                self.restore(path)
+            except Exception as e:  # noqa: BLE001 (TensorFlow raises several kinds for a damaged file)
+                raise TrainingError(f"Checkpoint {path} is damaged ({_first_line(e)}); test another --test_iter "
+                                    f"(available: {self.available()}).") from None
+            return path
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.restore(path)
+                return path
+            except Exception as e:  # noqa: BLE001
+                print(f"Warning: checkpoint {path} is damaged ({_first_line(e)}); trying an older one.",
+                      file=sys.stderr, flush=True)
+        return None
+
     def restore(self, path: str) -> int:
         """Restores `path`; returns the number of iterations done."""
         checkpoint = self.checkpoint
@@ -101,6 +124,59 @@ class Checkpoints:
         # Extra values (the loss scale of a --mixed_precision run resumed without it) are left unused.
         checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         return int(self.iteration.numpy())
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+class ExperimentLock:
+    """`<experiment>/.lock` while a training runs there: a second training of the same folder stops with one line;
+    the lock of a process that no longer runs (on this host) is taken over."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, ".lock")
+
+    def __enter__(self):
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = _read(self.path).partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    os.remove(self.path)  # Stale: its process has died.
+                    continue
+                raise TrainingError(f"Another training (process {pid or '?'} on {host or '?'}) is using "
+                                    f"{os.path.dirname(self.path)}; wait for it, or use another --logdir. "
+                                    f"If it is not running, delete {self.path}.") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return self
+        raise TrainingError(f"Could not take the lock {self.path}.")
+
+    def __exit__(self, *exc):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ====================================================================== train
@@ -118,32 +194,80 @@ def _to_scalars(results: Dict, classification: bool) -> Dict[str, float]:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; silent in logs (the interval prints carry the timing)."""
+    """Progress of a long loop: a one-line bar on a terminal; elsewhere (nohup, a log file) a line with the rate
+    and ETA within the first `first_s` seconds, then every `every_s` seconds. The rate is the recent one (the
+    last `window_s` seconds), not the average since start-up, which tracing and data loading drag down."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.start, self.t0, self.last = total, start, time.time(), 0.0
-        self.enabled = enabled and sys.stderr.isatty()
+    def __init__(self, total: int, start: int, enabled: bool, first_s: float = 20.0, every_s: float = 60.0,
+                 window_s: float = 60.0):
+        self.total, self.start = total, start
+        self.terminal = enabled and sys.stderr.isatty()
+        self.lines = enabled and not self.terminal
+        self.first_s, self.every_s, self.window_s = first_s, every_s, window_s
+        self.t0 = self.last = time.time()
+        self.printed = False
+        self.samples = collections.deque()  # (time, iterations done) since the first finished iteration.
 
-    def rate(self, itr: int) -> float:
-        return (itr + 1 - self.start) / max(time.time() - self.t0, 1e-9)
+    def rate(self, itr: Optional[int] = None) -> float:
+        """Iterations per second over the recent window (`itr`: the last finished 0-based iteration)."""
+        now = time.time()
+        if itr is not None:
+            self._sample(now, itr + 1)
+        if len(self.samples) < 2:
+            return 0.0
+        t_old, n_old = self.samples[0]
+        t_new, n_new = self.samples[-1]
+        return (n_new - n_old) / max(t_new - t_old, 1e-9)
+
+    def _sample(self, now: float, done: int) -> None:
+        if not self.samples or done != self.samples[-1][1]:
+            self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] > self.window_s:
+            self.samples.popleft()
 
     def eta(self, itr: int) -> str:
-        secs = (self.total - itr - 1) / max(self.rate(itr), 1e-9)
-        return time.strftime("%H:%M:%S", time.gmtime(secs))
+        rate = self.rate(itr)
+        if rate <= 0:
+            return "unknown"
+        return time.strftime("%H:%M:%S", time.gmtime((self.total - itr - 1) / rate))
 
     def update(self, itr: int):
         now = time.time()
-        if not self.enabled or now - self.last < 0.5:
-            return
-        self.last = now
-        frac = (itr + 1) / max(self.total, 1)
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{bar:<30}] {itr + 1}/{self.total} {self.rate(itr):.1f} it/s ETA {self.eta(itr)}")
-        sys.stderr.flush()
+        self._sample(now, itr + 1)
+        if self.terminal and now - self.last >= 0.5:
+            self.last = now
+            frac = (itr + 1) / max(self.total, 1)
+            sys.stderr.write(f"\r[{'#' * int(30 * frac):<30}] {itr + 1}/{self.total} {self.rate():.1f} it/s "
+                             f"ETA {self.eta(itr)}")
+            sys.stderr.flush()
+        elif self.lines and len(self.samples) > 1 and now - self.last >= (self.every_s if self.printed else self.first_s):
+            self.last, self.printed = now, True
+            print(f"[{itr + 1}/{self.total}: {self.rate():.2f} it/s, ETA {self.eta(itr)}]", flush=True)
 
     def close(self):
-        if self.enabled:
+        if self.terminal:
             sys.stderr.write("\n")
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the running iteration, save, stop. A second Ctrl-C
+    stops at once (the last checkpoint stays)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -> Dict[str, list]:
@@ -154,19 +278,25 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     since the last print, validates every 5 print intervals (images), writes
     summaries every 100 iterations and checkpoints every 1000 and at the end.
 
+    The task streams are a function of the seed and the iteration: a run
+    resumed from iteration i (after Ctrl-C, or a kill and its last
+    checkpoint) sees the batches the uninterrupted run saw from i on, and
+    ends with the same weights. Ctrl-C or SIGTERM finishes the running
+    iteration, saves and stops.
+
     Returns:
       History: `iteration`, `pre`, `post` of every summary iteration.
     """
-    print_interval = 1000 if config.datasource == "sinusoid" else 100
+    print_interval = config.datasource_spec.print_interval
     val_interval = 5 * print_interval
     pretrain, total = config.effective_pretrain_iterations, (config.effective_pretrain_iterations
                                                               + config.effective_metatrain_iterations)
     writer = tf.summary.create_file_writer(checkpoints.directory) if config.log else None
-    # A resumed run draws new tasks: its sampler seed depends on the iteration it starts from.
-    train_tasks = make_tasks(config, "train", config.seed + 7919 * resume_itr).batches(config.meta_batch_size)
+    train_tasks = make_tasks(config, "train", config.seed).batches(config.meta_batch_size, start=resume_itr)
     val_tasks = None
-    if config.datasource != "sinusoid":
-        val_tasks = make_tasks(config, "val", config.seed + 1).batches(config.meta_batch_size)
+    if config.classification:  # The original validates image datasources only.
+        done_vals = max(resume_itr - 1, 0) // val_interval  # Validation batches the run drew before resume_itr.
+        val_tasks = make_tasks(config, "val", config.seed + 1).batches(config.meta_batch_size, start=done_vals)
     num_steps = config.num_steps_reported
     key = "objective_metric" if config.classification else "objective_loss"
     key1 = "total_accuracy1" if config.classification else "total_loss1"
@@ -175,9 +305,11 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     progress = _Progress(total, resume_itr, config.progress)
     print(f"Training {config.exp_string()} from iteration {resume_itr} to {total} "
           f"({pretrain} pretraining); outputs in {checkpoints.directory}", flush=True)
-    itr = resume_itr - 1
-    try:
+    done = resume_itr - 1  # The last iteration whose update has been applied.
+    with _StopRequest() as stop:
         for itr in range(resume_itr, total):
+            if stop.requested:
+                break
             batch = next(train_tasks)
             summary = itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0
             if itr < pretrain:
@@ -188,6 +320,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
             else:
                 results = algo.train_step(batch, num_steps if summary else None)
                 watched = results["objective_loss"]
+            done = itr
             watched = float(watched)
             # --mixed_precision: a step whose scaled float16 gradients overflowed is skipped (and the loss
             # scale halved); its losses are not logged. Only an overflow at loss scale 1 stops training.
@@ -215,8 +348,8 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                 note = f", {skipped} updates skipped by loss scaling" if skipped else ""
                 # With Omniglot's intervals the only summary of an interval may be a skipped step.
                 means = f"{np.mean(prelosses)}, {np.mean(postlosses)}" if prelosses else "no summary (skipped)"
-                print(f"{label}: {means}  "
-                      f"[{progress.rate(itr):.1f} it/s, ETA {progress.eta(itr)}{note}]", flush=True)
+                print(f"{label}: {means}  [{progress.rate(itr):.1f} it/s, ETA {progress.eta(itr)}{note}]",
+                      flush=True)
                 prelosses, postlosses, skipped = [], [], 0
             if itr != 0 and itr % SAVE_INTERVAL == 0:
                 checkpoints.save(itr)
@@ -227,21 +360,19 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                     with writer.as_default(step=itr):
                         for tag, value in val_scalars.items():
                             tf.summary.scalar("metaval_" + tag, value)
-                print(f"Validation results: {float(val[key1])}, {float(val[key])}",
-                      flush=True)
+                print(f"Validation results: {float(val[key1])}, {float(val[key])}", flush=True)
             progress.update(itr)
-    except KeyboardInterrupt:
-        progress.close()
-        if itr >= resume_itr:
-            path = checkpoints.save(itr)
-            print(f"Interrupted after iteration {itr}; saved {path}. Run the same command to resume.")
-        raise
     progress.close()
-    if itr >= resume_itr:
-        path = checkpoints.save(itr)
-        print(f"Saved {path}")
     if writer is not None:
         writer.flush()
+    if done >= resume_itr:
+        path = checkpoints.save(done)
+        if stop.requested:
+            print(f"Interrupted after iteration {done}; saved {path}. Run the same command to resume.", flush=True)
+        else:
+            print(f"Saved {path}")
+    if stop.requested:
+        raise KeyboardInterrupt
     return history
 
 
@@ -273,7 +404,13 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
     means, stds = values.mean(0), values.std(0)
     ci95 = 1.96 * stds / np.sqrt(len(values))
     print("Mean validation accuracy/loss, stddev, and confidence intervals")
-    print((means, stds, ci95))
+    print((means, stds, ci95))  # As the original prints it; the table says the same with labels.
+    medians = np.median(values, 0)
+    what = "accuracy" if config.classification else "MSE"
+    print(f"\nQuery {what} after each inner step ({len(values)} tasks of the {split} split; step 0: before "
+          f"adaptation):\n\n| step | mean | 95% interval | median |\n|---|---|---|---|")
+    for j in range(len(means)):
+        print(f"| {j} | {means[j]:.4g} | {means[j] - ci95[j]:.4g} to {means[j] + ci95[j]:.4g} | {medians[j]:.4g} |")
     os.makedirs(directory, exist_ok=True)
     stem = os.path.join(directory, config.test_file_stem())
     with open(stem + ".pkl", "wb") as f:
@@ -294,38 +431,83 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
 
 
 # ======================================================================== run
+# Flags that may differ when a training resumes: they extend the run, or change logging, speed (same results) or
+# where files are. Any other change stops the resume with one line (the checkpoint was trained with the old value).
+RESUMABLE_CHANGES = frozenset({
+    "metatrain_iterations", "log", "logdir", "resume", "train", "test_iter", "test_set", "num_test_tasks", "data_dir",
+    "tfds_data_dir", "progress", "import_checkpoint", "export_checkpoint", "batch_tasks", "batched_conv_max_support",
+    "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log"})
+
+
+def check_resumable(config: Config, directory: str) -> None:
+    """Raises `TrainingError` naming the flags that differ from the run stored in `directory`/config.json."""
+    stored = _read_json(os.path.join(directory, "config.json"))
+    now = config.flat()
+    changed = [f"--{k}={now[k]} (the checkpoint's run: {stored[k]})" for k in sorted(set(stored) & set(now))
+               if k not in RESUMABLE_CHANGES and stored[k] != now[k]]
+    if changed:
+        raise TrainingError(f"Resuming {directory} with changed flags: {', '.join(changed)}. Resume with the stored "
+                            "flags, or start afresh with --resume=False (overwrites its checkpoints) or another "
+                            "--logdir.")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _writable_folder(path: str, flag: str) -> None:
+    """Creates `path` if needed; raises `TrainingError` if it cannot be written (before any work is done)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"{flag}: cannot create {path} ({e.strerror}).") from None
+    if not os.access(path, os.W_OK):
+        raise TrainingError(f"{flag}: cannot write to {path}.")
+
+
 def run(config: Config):
     """Train or test as `config` says (the original `main()`)."""
     config.validate()
+    directory = experiment_dir(config)
+    if config.train:
+        _writable_folder(directory, f"--logdir={config.logdir}")
+    if config.export_checkpoint:
+        _writable_folder(os.path.dirname(os.path.abspath(config.export_checkpoint)),
+                         f"--export_checkpoint={config.export_checkpoint}")
     configure_threads(config)
     tf.keras.utils.set_random_seed(config.seed)
     algo = build_algorithm(config)
-    directory = experiment_dir(config)
     checkpoints = Checkpoints(algo, directory)
-    resume_itr = 0
-    if config.import_checkpoint:
-        from maml_tf.tf1_checkpoint import load_tf1_checkpoint
-        try:
-            load_tf1_checkpoint(algo.model, config.import_checkpoint)
-        except ValueError as e:
-            raise TrainingError(f"--import_checkpoint={config.import_checkpoint}: {e}") from None
-        print(f"Imported the original's checkpoint {config.import_checkpoint}")
-    elif config.resume or not config.train:
-        path = checkpoints.path(config.test_iter)
-        if path:
-            print(f"Restoring model weights from {path}")
-            resume_itr = checkpoints.restore(path)
-        elif not config.train:
-            raise TrainingError(
-                f"No checkpoint in {directory} to test. Train first with the same flags (the folder name comes "
-                f"from them), or check --logdir; folders there: {_listdir(config.logdir)}.")
-    if config.train:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1)
-        result = train(config, algo, checkpoints, resume_itr)
-    else:
-        result = test(config, algo, directory)
+    with ExperimentLock(directory) if config.train else contextlib.nullcontext():
+        resume_itr = 0
+        if config.import_checkpoint:
+            from maml_tf.tf1_checkpoint import load_tf1_checkpoint
+            try:
+                load_tf1_checkpoint(algo.model, config.import_checkpoint)
+            except ValueError as e:
+                raise TrainingError(f"--import_checkpoint={config.import_checkpoint}: {e}") from None
+            print(f"Imported the original's checkpoint {config.import_checkpoint}")
+        elif config.resume or not config.train:
+            if config.train and checkpoints.manager.checkpoints:
+                check_resumable(config, directory)
+            path = checkpoints.restore_latest(config.test_iter)
+            if path:
+                print(f"Restoring model weights from {path}")
+                resume_itr = int(checkpoints.iteration.numpy())
+            elif not config.train:
+                raise TrainingError(
+                    f"No checkpoint in {directory} to test. Train first with the same flags (the folder name comes "
+                    f"from them), or check --logdir; folders there: {_listdir(config.logdir)}.")
+        if config.train:
+            with open(os.path.join(directory, "config.json"), "w") as f:
+                json.dump(config.flat(), f, indent=1)
+            result = train(config, algo, checkpoints, resume_itr)
+        else:
+            result = test(config, algo, directory)
     if config.export_checkpoint:
         from maml_tf.tf1_checkpoint import export_tf1_checkpoint
         print(f"Exported {export_tf1_checkpoint(algo.model, config.export_checkpoint)} (original TF1 format)")

@@ -123,7 +123,8 @@ class MetaLearner:
         return cast_floats(outputs, self.dtype)
 
     def task_loss(self, outputs, labels):
-        """`loss_fn(outputs, labels)`, checked to be a scalar (at trace time)."""
+        """`loss_fn(outputs, labels)`, checked (at trace time) to be a scalar of labels shaped like the outputs."""
+        check_labels(outputs, labels)
         return check_scalar(self.loss_fn(outputs, labels), "loss_fn")
 
     def gradient(self, tape: tf.GradientTape, loss, sources: Sequence) -> list:
@@ -218,11 +219,45 @@ def cast_floats(structure, dtype):
 
 
 def check_scalar(value, what: str):
-    """Raises `ValueError` at trace time unless `value` is a scalar."""
+    """Raises `ValueError` at trace time unless `value` is a scalar float tensor."""
+    try:
+        value = tf.convert_to_tensor(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must return a scalar float tensor per task; it returned "
+                         f"{type(value).__name__} {value!r:.60}.") from None
+    if not value.dtype.is_floating:
+        raise ValueError(f"{what} must return a scalar float tensor per task; it returned dtype {value.dtype.name}.")
     if value.shape.rank not in (0, None):
         raise ValueError(f"{what} must return one scalar per task; it returned shape {tuple(value.shape)}. "
                          "Reduce over the examples (e.g. tf.reduce_mean).")
     return value
+
+
+def check_labels(outputs, labels) -> None:
+    """Raises `ValueError` for labels of the outputs' rank but another shape, which a loss would broadcast
+    silently (labels of another rank, e.g. sparse class ids, are the loss's business)."""
+    if not (isinstance(outputs, tf.Tensor) and hasattr(labels, "shape")):
+        return
+    out, lab = outputs.shape, tf.TensorShape(labels.shape)
+    if out.rank is not None and out.rank == lab.rank and not out.is_compatible_with(lab):
+        raise ValueError(f"Labels of shape {lab.as_list()} do not match the model's outputs {out.as_list()}: the loss "
+                         f"would broadcast them. Give labels shaped like the outputs (last axis {out[-1]}).")
+
+
+def check_task_batch(batch: TaskBatch) -> TaskBatch:
+    """Raises `ValueError` unless every field of `batch` has the same number of tasks (leading axis) and each
+    set has as many labels as inputs."""
+    batch = TaskBatch(*batch)
+    leading = [tf.TensorShape(tf.nest.flatten(t)[0].shape)[:2] for t in batch]
+    tasks = {name: shape[0] for name, shape in zip(TaskBatch._fields, leading) if shape.rank and shape[0] is not None}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"Every field of a task batch needs the same number of tasks (leading axis); got "
+                         f"{', '.join(f'{k}: {v}' for k, v in tasks.items())}.")
+    for x, y, name in ((0, 1, "support"), (2, 3, "query")):
+        nx, ny = leading[x][1] if leading[x].rank > 1 else None, leading[y][1] if leading[y].rank > 1 else None
+        if nx is not None and ny is not None and nx != ny:
+            raise ValueError(f"The {name} set has {nx} inputs but {ny} labels per task.")
+    return batch
 
 
 def check_model(model: keras.Model, second_order: bool) -> None:

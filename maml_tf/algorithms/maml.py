@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
+from maml_tf.algorithms.base import MetaLearner, TaskBatch, check_task_batch, refresh_statistics
 from maml_tf.core import objective
 from maml_tf.core.execution import Execution, TaskView
 from maml_tf.core.inner import InnerOptimizer, inner_loop, sgd, stack_steps
@@ -186,7 +186,7 @@ class MAML(MetaLearner):
         `total_loss1` and the `objective_loss` (`objective_metric`) but no
         per-step `total_losses2`.
         """
-        batch = TaskBatch(*batch)
+        batch = check_task_batch(batch)
         lean = num_steps is None
         num_steps = self.num_inner_steps if lean else num_steps
         needed = objective.steps_needed(self.objective_weights())

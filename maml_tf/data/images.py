@@ -46,6 +46,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from maml_tf.data.errors import DataError
 from maml_tf.types import TaskBatch
 
 SPLITS = ("train", "val", "test")
@@ -130,8 +131,8 @@ def decode_image_files(paths: Sequence[str], image_shape: Tuple[int, int, int]) 
     return _decode_with_tensorflow(paths, image_shape)
 
 
-def _wrong_shape(path, shape, image_shape) -> ValueError:
-    return ValueError(f"Image {path} has shape {tuple(shape)}; expected {tuple(image_shape)} for every image. "
+def _wrong_shape(path, shape, image_shape) -> DataError:
+    return DataError(f"Image {path} has shape {tuple(shape)}; expected {tuple(image_shape)} for every image. "
                       f"Prepare the data again with data/prepare_*.py.")
 
 
@@ -141,9 +142,13 @@ def _decode_with_pillow(paths: Sequence[str], image_shape: Tuple[int, int, int])
     mode = {1: "L", 3: "RGB"}[image_shape[-1]]
     out = np.empty((len(paths),) + tuple(image_shape), np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            # Mode '1' (the original's binary PNGs) becomes 0/255, as TensorFlow's decode_png.
-            pixels = np.asarray(image if image.mode == mode else image.convert(mode))
+        try:
+            with Image.open(path) as image:
+                # Mode '1' (the original's binary PNGs) becomes 0/255, as TensorFlow's decode_png.
+                pixels = np.asarray(image if image.mode == mode else image.convert(mode))
+        except (OSError, ValueError, SyntaxError) as e:  # Truncated, empty or not an image (Pillow's errors).
+            raise DataError(f"Cannot read image {path} ({e}). Replace the file, or prepare the data again with "
+                            "data/prepare_*.py.") from None
         pixels = pixels.reshape(pixels.shape[:2] + (image_shape[-1],))
         if pixels.shape != tuple(image_shape):
             raise _wrong_shape(path, pixels.shape, image_shape)
@@ -167,9 +172,9 @@ def _decode_with_tensorflow(paths: Sequence[str], image_shape: Tuple[int, int, i
                .batch(1024).prefetch(2))
     try:
         return np.concatenate([batch.numpy() for batch in dataset])
-    except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"{e.message.strip()}; expected {tuple(image_shape)} for every image. "
-                         f"Prepare the data again with data/prepare_*.py.") from None
+    except tf.errors.OpError as e:  # A wrong shape (the Assert names the file), or an undecodable file.
+        raise DataError(f"{e.message.strip().splitlines()[0]}; expected {tuple(image_shape)} images. Replace the "
+                        f"file, or prepare the data again with data/prepare_*.py.") from None
 
 
 def fingerprint_files(files: Sequence[Path], root: Path, extra: str = "") -> str:
@@ -299,14 +304,15 @@ class ImageTasks:
             raise ValueError(f"Need num_ways >= 1, num_support >= 1, num_query >= 0; "
                              f"got {num_ways}, {num_support}, {num_query}.")
         if classes.num_classes < num_ways:
-            raise ValueError(f"{name} has {classes.num_classes} classes, fewer than the {num_ways} of a task "
+            raise DataError(f"{name} has {classes.num_classes} classes, fewer than the {num_ways} of a task "
                              f"(--num_classes).")
         per_class = num_support + num_query
         counts = classes.counts()
         if counts.min() < per_class:
             c = int(np.argmin(counts))
-            raise ValueError(f"Class {classes.names[c]!r} of {name} has {counts[c]} images; a task needs "
-                             f"{per_class} per class ({num_support} support + {num_query} query).")
+            raise DataError(f"Class folder {classes.names[c]!r} of {name} has {counts[c]} images; a task needs "
+                            f"{per_class} per class ({num_support} support + {num_query} query). Add images, or "
+                            "lower --update_batch_size.")
         if rotate and classes.images.shape[1] != classes.images.shape[2]:
             raise ValueError("Rotations need square images.")
         if seed is None:
@@ -384,14 +390,15 @@ class ImageTasks:
         k = self.num_support * self.num_ways
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
-    def dataset(self, meta_batch_size: int) -> tf.data.Dataset:
+    def dataset(self, meta_batch_size: int, start: int = 0) -> tf.data.Dataset:
         """An endless, prefetched dataset of task meta-batches.
 
-        Element `b` holds tasks `b * meta_batch_size ...`; every iteration of
-        the dataset starts again at task 0, so it is reproducible.
+        Element `b` holds tasks `(start + b) * meta_batch_size ...`; every
+        iteration of the dataset starts again there, so it is reproducible.
 
         Args:
           meta_batch_size: tasks per element.
+          start: the first batch (a resumed run continues the stream).
 
         Returns:
           A `tf.data.Dataset` of float32 `TaskBatch(support_x, support_y, query_x, query_y)`:
@@ -402,23 +409,24 @@ class ImageTasks:
             plan = self.task_plan(number)
             return self.task_pixels(plan), plan.labels
 
-        return (tf.data.Dataset.counter(dtype=tf.int64)
+        return (tf.data.Dataset.counter(start=start * meta_batch_size, dtype=tf.int64)
                 .map(task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(meta_batch_size, drop_remainder=True)
                 .map(self._to_task_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE))
 
-    def batches(self, meta_batch_size: int, num_batches: Optional[int] = None) -> Iterator[TaskBatch]:
+    def batches(self, meta_batch_size: int, num_batches: Optional[int] = None, start: int = 0) -> Iterator[TaskBatch]:
         """Task meta-batches as an iterator (`next()` works); endless unless `num_batches` is given.
 
         Args:
           meta_batch_size: tasks per batch (1 for the original test protocol).
           num_batches: stop after this many batches (e.g. the 600 test tasks).
+          start: the first batch (see `dataset`).
 
         Returns:
           An iterator of float32 `TaskBatch`es, see `dataset`.
         """
-        dataset = self.dataset(meta_batch_size)
+        dataset = self.dataset(meta_batch_size, start)
         if num_batches is not None:
             dataset = dataset.take(num_batches)
         return iter(dataset)

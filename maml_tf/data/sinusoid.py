@@ -59,8 +59,14 @@ class SinusoidTasks:
         extra = np.broadcast_to(np.stack([amp, phase], -1)[:, None, :], x.shape[:2] + (2,))
         return np.concatenate([x, extra], -1)
 
-    def batches(self, meta_batch_size: int, num_batches: Optional[int] = None) -> Iterator[TaskBatch]:
-        """Task batches as float32 `TaskBatch`es; endless unless `num_batches` is given."""
+    def batches(self, meta_batch_size: int, num_batches: Optional[int] = None, start: int = 0) -> Iterator[TaskBatch]:
+        """Task batches as float32 `TaskBatch`es; endless unless `num_batches` is given.
+
+        `start`: skip that many batches first (drawn and discarded, so that the
+        stream stays the original's sequential one): a resumed run continues it.
+        """
+        for _ in range(start):
+            self.sample(meta_batch_size)
         i = 0
         while num_batches is None or i < num_batches:
             x, y, amp, phase = self.sample(meta_batch_size)
