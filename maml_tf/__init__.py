@@ -7,20 +7,23 @@ Public API (imported lazily, so that `maml_tf.data.prepare` runs without TensorF
   `adapt`, `adapted_model`, `evaluate_tasks`.
 - `meta_learner(model, algorithm, loss=..., metrics=..., **options)`: the
   algorithm object itself (`train_step`, `evaluate`, `adapt`, `meta_gradients`).
-- `MAML`, `Reptile`, `IMAML`, `TaskBatch`: the algorithms and the task-batch type.
+- `MAML`, `Reptile`, `IMAML`, `MetaSGD`, `ANIL`, `TaskBatch`: the algorithms (registry:
+  `maml_tf.algorithms.ALGORITHMS`) and the task-batch type.
 - `classification_tasks`, `regression_tasks`: task datasets from your own data.
 - `functional_call`: run a Keras model with other weights.
 
-Modules: `config` (run options), `networks` (the original MAML networks and
-the exact-gradient `BatchNormTF1`/`LayerNormTF1`), `functional`, `losses`,
-`algorithms`, `api`, `data` (task sources), `train` (the main.py programs),
-`tf1_checkpoint` (original TF1 checkpoints), `plotting`.
+Modules: `config` (run options), `core` (the pieces every algorithm composes;
+docs/architecture.md), `networks` (the original MAML networks and the
+exact-gradient `BatchNormTF1`/`LayerNormTF1`), `functional` (the forward
+pass), `batched` (its task-layout form), `losses`, `algorithms` (registry and
+algorithms), `api`, `data` (datasource registry and task sources), `train`
+(the main.py programs), `tf1_checkpoint` (original TF1 checkpoints), `plotting`.
 """
 
 _EXPORTS = {
     "MetaModel": "maml_tf.api", "meta_learner": "maml_tf.api", "FastModel": "maml_tf.api",
     "MAML": "maml_tf.algorithms", "Reptile": "maml_tf.algorithms", "IMAML": "maml_tf.algorithms",
-    "TaskBatch": "maml_tf.algorithms", "classification_tasks": "maml_tf.data.tasks",
+    "MetaSGD": "maml_tf.algorithms", "ANIL": "maml_tf.algorithms", "TaskBatch": "maml_tf.types", "classification_tasks": "maml_tf.data.tasks",
     "regression_tasks": "maml_tf.data.tasks", "functional_call": "maml_tf.functional",
 }
 

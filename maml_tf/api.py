@@ -149,14 +149,16 @@ class MetaModel(keras.Model):
     the meta-objective), `pre_loss` (before adaptation), and for each metric
     `<name>` and `pre_<name>`.
 
-    Algorithms: 'maml' (and first-order), 'imaml'; 'reptile' applies its
-    direction `theta - mean(phi)` with the compiled optimiser (SGD with
-    learning rate epsilon is exactly Reptile; its inner-optimiser state is not
-    saved with the model).
+    Algorithms: any of `maml_tf.algorithms.ALGORITHMS` ('maml' and first-order,
+    'meta_sgd', 'anil', 'imaml'); their own meta-parameters (Meta-SGD's step
+    sizes) are meta-learned by the compiled optimiser and saved with the
+    model. 'reptile' applies its direction `theta - mean(phi)` with the
+    compiled optimiser (SGD with learning rate epsilon is exactly Reptile; its
+    inner-optimiser state is not saved with the model).
 
     Args:
       model: the built Keras model to meta-learn.
-      algorithm: 'maml', 'imaml' or 'reptile'.
+      algorithm: a registry name (`maml_tf.algorithms.ALGORITHMS`).
       loss: Keras-style loss (name, `Loss` or registered function).
       metrics: Keras-style metric names or registered functions.
       eval_steps: inner steps in `evaluate` (MAML; default its training steps).

@@ -18,8 +18,9 @@ semantics with exact derivatives of every order:
 Both go through `exact_normalize`; inside a `tf.function` its first
 derivative is the closed-form batch-norm gradient, itself differentiable
 (fewer passes over the activations than automatic differentiation of the
-forward ops; batch norm's second derivative is a closed form too), and
-within `differentiated_once()` (MAML's query passes) batch norm runs
+forward ops; batch norm's second derivative is a closed form too), and in
+a pass its caller declares differentiated once (`functional_call(...,
+differentiated_once=True)`: MAML's query passes) batch norm runs
 TensorFlow's fused kernel.
 
 Each layer is named after the original variable scope so that TF1 checkpoints
@@ -82,22 +83,18 @@ _differentiated_once = _DifferentiatedOnce()
 def differentiated_once():
     """Declares that the forward passes traced inside are differentiated at most once, for a final gradient.
 
-    MAML's query pass is one: the outer tape takes the first derivative of the
-    query loss with respect to the fast weights (the second-order terms come
-    from the support passes), and that is the meta-gradient. Batch norm over
-    every axis but the channels (float32) then runs TensorFlow's fused kernel
-    (`FusedBatchNormV3`), whose derivative's derivative is not exact. It is
-    faster: forward and backward on MiniImagenet's first-layer query
-    activations, [300, 84, 84, 32], took 0.16-0.18 s against 0.39-0.41 s
-    (`_normalize_closed_form`). Its float32 reductions are less accurate: on
-    MiniImagenet's 5-image support set the first layer's gradient was 3.7e-4
-    from float64 against 7.7e-6 on the exact path, and two inner steps on
-    it moved the query outputs 100x further from the original's. So the
-    algorithms declare query passes only, where the meta-gradient's float32
-    error did not change beyond its own noise (golden files: 6.3e-4 ->
-    6.6e-4 on MiniImagenet, 2.0e-2 on Omniglot 5-way, both relative to
-    float64). A higher derivative taken through a pass traced here would be
-    wrong.
+    Entered by `functional_call(..., differentiated_once=True)` around that
+    one call; the task-batched network passes `fused=` to `exact_normalize`
+    directly. MAML's query pass is one: the outer tape takes the first
+    derivative of the query loss with respect to the fast weights (the
+    second-order terms come from the support passes), and that is the
+    meta-gradient. Batch norm over every axis but the channels (float32) then
+    runs TensorFlow's fused kernel (`FusedBatchNormV3`): faster, but its
+    derivative's derivative is not exact and its float32 reductions are less
+    accurate, so only query passes use it, where the meta-gradient's float32
+    error stayed within its own noise on the golden files (measurements:
+    benchmarks/results/notes-2026-11.md). A higher derivative taken through a
+    pass traced here would be wrong.
     """
     _differentiated_once.depth += 1
     try:
@@ -124,8 +121,8 @@ def _fused_batch_norm(x, epsilon, offset):
 
 def _normalize_autodiff(x, axes, epsilon, offset, scale=None):
     """`exact_normalize` differentiated by the tapes, op by op. The centred tensor is
-    computed once and serves the variance and the output: computing it twice cost
-    11% of the MiniImagenet step and 0.28 GB."""
+    computed once and serves the variance and the output (computing it twice costs
+    time and memory on large activations)."""
     centred, inv = _centred_and_inverse_std(x, axes, epsilon)
     y = centred * inv
     return (y if scale is None else y * scale) + offset
@@ -143,9 +140,8 @@ def _normalize_closed_form(x, axes, epsilon, offset, *scale):
 
     Automatic differentiation of the forward ops takes more passes over the
     activations (a reduction for every broadcast: offset, the mean in the
-    centring, the variance in the scaling, the mean of the square). On
-    MiniImagenet the op time per step fell from 2.14 to 2.01 s and the step
-    from 1.31-1.41 s to 1.22-1.37 s (README, Speed and memory).
+    centring, the variance in the scaling, the mean of the square), and the
+    MiniImagenet step is faster with this (benchmarks/results/notes-2026-11.md).
     The gradient function uses the normalised `xhat` and `inv` of the forward
     pass; in graph mode `tf.custom_gradient` records the forward ops on the
     enclosing tapes, so an outer tape differentiates the gradient through
@@ -186,9 +182,8 @@ def _batch_norm_backward(dy, x, xhat, inv, axes, count):
 
     (differentiating `dx` through `xhat` and `inv`, whose own derivatives are the
     batch-norm backward pass; `mean(xhat) = 0`). Automatic differentiation of
-    the first derivative's ops takes more passes over the activations: with it
-    the MiniImagenet step took 1.00-1.16 s, with this 0.92-0.95 s (README,
-    Speed and memory). The derivative is built from ops the enclosing tapes
+    the first derivative's ops takes more passes over the activations, and
+    the MiniImagenet step is faster with this (benchmarks/results/notes-2026-11.md). The derivative is built from ops the enclosing tapes
     record, through `xhat` and `inv`, so third and higher derivatives stay exact.
     """
 

@@ -25,3 +25,12 @@ def test_omniglot_custom_cnn_from_tfds():
     out = run("omniglot_custom_cnn.py", "--steps=4", "--meta_batch_size=2", "--filters=4", "--test_tasks=4",
               f"--tfds_data_dir={tfds}")
     assert "test tasks: accuracy before adaptation" in out
+
+
+def test_readme_library_example_runs_as_printed(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # It saves meta.keras in the working folder.
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "meta.keras").exists()
+    assert "pre_accuracy" in capsys.readouterr().out

@@ -94,6 +94,14 @@ def test_prepare_omniglot_rerun_is_safe(small1, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_killed_overwrite_leaves_nothing_behind_for_the_next_run(small1, tmp_path):
+    out = tmp_path / "omniglot_resized"
+    prepare.prepare_omniglot([small1], out, max_characters=1, log=quiet)
+    (tmp_path / ".omniglot_resized.partial-abc123").mkdir()  # What a --overwrite run killed midway leaves.
+    prepare.prepare_omniglot([small1], out, max_characters=1, log=quiet)  # Complete: left alone, leftover removed.
+    assert leftovers(tmp_path) == []
+
+
 def test_prepare_omniglot_refuses_a_foreign_folder(small1, tmp_path):
     out = tmp_path / "omniglot_resized"
     (out / "mine").mkdir(parents=True)

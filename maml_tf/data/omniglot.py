@@ -137,7 +137,7 @@ def load_omniglot_tfds(data_dir: Optional[str] = None, *, download: bool = True,
       splits: TFDS splits to read (train + test: all 1623 characters).
       cache_dir: if given, keep the resized images in
         `cache_dir/.maml_tf_tfds_omniglot.npz` (decoding and resizing all
-        32,460 images took 7.7 s here), valid while the prepared TFDS files
+        32,460 images takes seconds at every start otherwise), valid while the prepared TFDS files
         and `splits` stay the same (names, sizes and modification times are
         checked). An unwritable `cache_dir` only skips writing it.
 

@@ -87,6 +87,7 @@ def _existing_output_is_reusable(out: Path, options: dict, overwrite: bool, log:
       PreparationError: `out` exists, was not made with `options`, and
         `overwrite` is False.
     """
+    _remove_leftovers(out, log)  # Also when `out` is kept: a killed --overwrite leaves its staging folder.
     if not out.exists() or overwrite or (out.is_dir() and not any(out.iterdir())):
         return False  # Nothing there (an empty folder counts as nothing), or to be replaced.
     marker = read_marker(out)
@@ -102,6 +103,13 @@ def _existing_output_is_reusable(out: Path, options: dict, overwrite: bool, log:
                            f"Pass --overwrite to replace it, or choose another --out.")
 
 
+def _remove_leftovers(out: Path, log: Log) -> None:
+    """Removes the staging folders (`.<name>.partial-*`) of killed preparations of `out`."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        log(f"Removing the leftover of an interrupted run: {stale}")
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _staging_folder(out: Path, log: Log) -> Iterator[Path]:
     """A temporary sibling of `out` that becomes `out` when the block succeeds.
@@ -111,9 +119,7 @@ def _staging_folder(out: Path, log: Log) -> Iterator[Path]:
     existing `out` is replaced only after the new one is complete.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        log(f"Removing the leftover of an interrupted run: {stale}")
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_leftovers(out, log)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
