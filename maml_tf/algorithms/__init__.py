@@ -53,12 +53,10 @@ def get(name: str) -> type:
     return ALGORITHMS[canonical(name)].load()
 
 
-_LAZY = {"MAML": "maml", "Reptile": "reptile", "IMAML": "imaml", "MetaSGD": "meta_sgd", "ANIL": "anil"}
-
-
 def __getattr__(name):  # `from maml_tf.algorithms import MAML, TaskBatch, MetaLearner` without an eager TF import.
-    if name in _LAZY:
-        return get(_LAZY[name])
+    for entry in ALGORITHMS.values():
+        if entry.target.endswith(":" + name):  # A registered class, by its class name.
+            return entry.load()
     if name == "TaskBatch":
         from maml_tf.types import TaskBatch
         return TaskBatch
