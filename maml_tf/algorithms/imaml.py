@@ -41,7 +41,7 @@ from maml_tf.algorithms.base import MetaLearner, TaskBatch
 from maml_tf.core import params as P
 from maml_tf.core.execution import MapFn, TaskView
 from maml_tf.core.hvp import conjugate_gradient, hvp
-from maml_tf.core.inner import inner_while_loop, sgd
+from maml_tf.core.inner import inner_while_loop, sgd, with_proximal_term
 
 SOLVERS = ("gd", "hessian_free")
 
@@ -139,12 +139,8 @@ class IMAML(MetaLearner):
         theta = [tf.stop_gradient(t) for t in theta]
         theta_a = self.split.adapted(theta)
         if self.solver == "gd":  # Gradient descent on G: SGD on the support loss plus the proximal term.
-            def proximal(adapted):
-                delta = P.sub(adapted, theta_a)
-                return 0.5 * self.lam * P.dot(delta, delta)
-
-            phi, _, _ = inner_while_loop(TaskView(self), theta, sgd(self.inner_lr), lambda i: (x, y), n_steps,
-                                         regularizer=proximal)
+            optimizer = with_proximal_term(sgd(self.inner_lr), self.lam, theta_a)
+            phi, _, _ = inner_while_loop(TaskView(self), theta, optimizer, lambda i: (x, y), n_steps)
             return P.stop_gradient(phi)
         # Newton-CG on G (solver 'hessian_free').
         def body(i, weights):

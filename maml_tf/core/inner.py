@@ -18,7 +18,7 @@ gradient, so the same code serves both.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -88,13 +88,22 @@ def with_weight_decay(optimizer: InnerOptimizer, factor: float) -> InnerOptimize
     return optimizer._replace(prepare=lambda weights: [w * factor for w in optimizer.prepare(weights)])
 
 
+def with_proximal_term(optimizer: InnerOptimizer, lam: float, anchor: Sequence) -> InnerOptimizer:
+    """`optimizer` on the loss plus `lam / 2 ||w - anchor||^2` (iMAML's regularised inner problem): the
+    term's gradient `lam (w - anchor)` is added to the loss's before the update."""
+
+    def update(grads, state, weights, step):
+        return optimizer.update([g + lam * (w - a) for g, w, a in zip(grads, weights, anchor)], state, weights, step)
+
+    return optimizer._replace(update=update)
+
+
 def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, step=None, *,
-               first_order: bool = False, regularizer: Optional[Callable] = None):
+               first_order: bool = False):
     """One step of `optimizer` on the loss of `(x, y)` over the adapted entries of `weights`.
 
     Args:
       view: the `TaskView` (forward pass, loss, gradient, which entries adapt).
-      regularizer: optional `f(adapted) -> scalar` added to the loss (iMAML's proximal term).
       first_order: stop the gradient through the inner gradient (first-order MAML).
 
     Returns:
@@ -108,8 +117,7 @@ def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, 
         tape.watch(adapted)
         outputs = view.forward(weights, x, step=step)
         loss = view.loss(outputs, y)
-        objective = loss if regularizer is None else loss + regularizer(adapted)
-    grads = view.gradient(tape, objective, adapted)
+    grads = view.gradient(tape, loss, adapted)
     if first_order:
         grads = [tf.stop_gradient(g) for g in grads]
     new, state = optimizer.update(grads, state, adapted, step)
@@ -157,7 +165,7 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
 
 
 def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches: Callable, num_steps, *,
-                     state=None, regularizer: Optional[Callable] = None):
+                     state=None):
     """`num_steps` inner steps (a `tf.while_loop`, not differentiated), step i on `batches(i) -> (x, y)`.
 
     For long inner loops whose path the meta-gradient does not need (Reptile,
@@ -170,7 +178,7 @@ def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches
 
     def body(i, weights, state, first_loss):
         x, y = batches(i)
-        _, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, i, regularizer=regularizer)
+        _, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, i)
         return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
 
     first = tf.constant(float("nan"), view.dtype)
