@@ -21,7 +21,8 @@ def main(logdir="logs/sine_seeds"):
         run = path.split(os.sep)[-3]
         alpha, seed = run[len("alpha"):].split("_seed")
         mses = pickle.load(open(path, "rb"))["mses"]
-        cells = [f"{np.mean(mses[:, j]):.3g} ({np.median(mses[:, j]):.3g})" for j in (0, 1, 5, 10)]
+        worst = np.where(np.isnan(mses), np.inf, mses)  # A diverged (NaN) task counts as worst in the median.
+        cells = [f"{np.mean(mses[:, j]):.3g} ({np.median(worst[:, j]):.3g})" for j in (0, 1, 5, 10)]
         print(f"| {alpha} | {seed} | " + " | ".join(cells) + f" | {int(np.sum(~np.isfinite(mses[:, 10])))} |")
     print(f"\nMean (median) over the 600 tasks; paper: {PAPER[1]} / {PAPER[5]} / {PAPER[10]} after 1 / 5 / 10 steps.")
 

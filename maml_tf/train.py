@@ -408,7 +408,7 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
     ci95 = 1.96 * stds / np.sqrt(len(values))
     print("Mean validation accuracy/loss, stddev, and confidence intervals")
     print((means, stds, ci95))  # As the original prints it; the table says the same with labels.
-    medians = np.median(values, 0)
+    medians = np.median(np.where(np.isnan(values), np.inf, values), 0)  # A diverged (NaN) task counts as worst.
     what = "accuracy" if config.classification else "MSE"
     paper = PAPER_SINUSOID_5SHOT if (config.datasource == "sinusoid" and config.algorithm == "maml"
                                      and config.update_batch_size == 5 and not config.baseline) else None

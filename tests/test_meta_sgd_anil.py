@@ -143,3 +143,16 @@ def test_omniglot_smoke(tmp_path, algorithm):
     train.run(config)
     values = train.run(dataclasses.replace(config, train=False))["values"]
     assert values.shape == (2, 11) and np.all((values >= 0) & (values <= 1))
+
+
+@pytest.mark.parametrize("cls, options", [(MetaSGD, dict(seed=2)), (ANIL, dict(inner_lr=0.3))])
+def test_task_batched_backend_equals_map_fn(cls, options):
+    """The algorithm's own meta-parameters (Meta-SGD's step sizes) and adapt masks (ANIL) in task layout."""
+    model, batch = fc64(), batch64(tasks=5)
+    mapped = cls(model, losses.mse, num_inner_steps=2, batch_tasks=False, **options)
+    batched = cls(model, losses.mse, num_inner_steps=2, batch_tasks=True, task_groups=2, **options)
+    assert batched.runs_batched(batch) and not mapped.runs_batched(batch)
+    (g_map, r_map), (g_bat, r_bat) = mapped.meta_gradients(batch, num_steps=2), batched.meta_gradients(batch, num_steps=2)
+    for a, b in zip(g_map, g_bat):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(r_bat["total_losses2"].numpy(), r_map["total_losses2"].numpy(), rtol=1e-12)
