@@ -143,14 +143,15 @@ def test_export_checkpoint_creates_its_folder_and_an_unwritable_one_fails_first(
         train.run(dataclasses.replace(config, logdir=str(blocker)))
 
 
-def test_test_summary_prints_a_labelled_table(tmp_path, capsys):
-    config = tiny(tmp_path)
+def test_test_summary_prints_a_labelled_table_beside_the_papers_numbers(tmp_path, capsys):
+    config = tiny(tmp_path, update_batch_size=5)  # The paper's 5-shot sinusoid test.
     train.run(config)
     result = train.run(dataclasses.replace(config, train=False))
     out = capsys.readouterr().out
     assert "Mean validation accuracy/loss, stddev, and confidence intervals" in out
-    assert "| step | mean | 95% interval | median |" in out
-    assert f"| 10 | {result['means'][10]:.4g} |" in out
+    assert "| step | mean | 95% interval | median | paper |" in out
+    assert out.rstrip().splitlines()[-3].startswith(f"| 10 | {result['means'][10]:.4g} |")
+    assert out.rstrip().splitlines()[-3].endswith("| 0.35 |")
 
 
 def test_progress_reports_the_recent_rate_off_a_terminal(monkeypatch, capsys):
