@@ -23,8 +23,9 @@ algorithms), `api`, `data` (datasource registry and task sources), `train`
 _EXPORTS = {
     "MetaModel": "maml_tf.api", "meta_learner": "maml_tf.api", "FastModel": "maml_tf.api",
     "MAML": "maml_tf.algorithms", "Reptile": "maml_tf.algorithms", "IMAML": "maml_tf.algorithms",
-    "MetaSGD": "maml_tf.algorithms", "ANIL": "maml_tf.algorithms", "TaskBatch": "maml_tf.types", "classification_tasks": "maml_tf.data.tasks",
-    "regression_tasks": "maml_tf.data.tasks", "functional_call": "maml_tf.functional",
+    "MetaSGD": "maml_tf.algorithms", "ANIL": "maml_tf.algorithms", "TaskBatch": "maml_tf.types",
+    "classification_tasks": "maml_tf.data.tasks", "regression_tasks": "maml_tf.data.tasks",
+    "functional_call": "maml_tf.functional",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -182,9 +182,10 @@ def _batch_norm_backward(dy, x, xhat, inv, axes, count):
 
     (differentiating `dx` through `xhat` and `inv`, whose own derivatives are the
     batch-norm backward pass; `mean(xhat) = 0`). Automatic differentiation of
-    the first derivative's ops takes more passes over the activations, and
-    the MiniImagenet step is faster with this (benchmarks/results/notes-2026-11.md). The derivative is built from ops the enclosing tapes
-    record, through `xhat` and `inv`, so third and higher derivatives stay exact.
+    the first derivative's ops takes more passes over the activations, and the
+    MiniImagenet step is faster with this (benchmarks/results/notes-2026-11.md).
+    The derivative is built from ops the enclosing tapes record, through `xhat`
+    and `inv`, so third and higher derivatives stay exact.
     """
 
     @tf.custom_gradient

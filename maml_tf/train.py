@@ -18,8 +18,9 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -243,7 +244,8 @@ class _Progress:
             sys.stderr.write(f"\r[{'#' * int(30 * frac):<30}] {itr + 1}/{self.total} {self.rate():.1f} it/s "
                              f"ETA {self.eta(itr)}")
             sys.stderr.flush()
-        elif self.lines and len(self.samples) > 1 and now - self.last >= (self.every_s if self.printed else self.first_s):
+        elif (self.lines and len(self.samples) > 1
+              and now - self.last >= (self.every_s if self.printed else self.first_s)):
             self.last, self.printed = now, True
             print(f"[{itr + 1}/{self.total}: {self.rate():.2f} it/s, ETA {self.eta(itr)}]", flush=True)
 
@@ -260,7 +262,9 @@ class _StopRequest:
         self.requested = False
 
     def __enter__(self):
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # Only there can Python handle signals.
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def handle(self, signum, frame):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from maml_tf.core import objective, params as P
@@ -81,3 +82,28 @@ def test_validating_flags_imports_no_tensorflow():
     proc = subprocess.run([sys.executable, "main.py", "--norm=batchnorm"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--norm" in proc.stderr
+
+
+def test_functional_call_passes_the_inner_step_and_a_condition():
+    import keras
+
+    from maml_tf.functional import functional_call
+
+    class StepAware(keras.Model):  # Per-step parameters (MAML++'s per-step batch norm) and FiLM conditioning.
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(2,), initializer="ones")
+
+        def call(self, x, step=None, condition=None):
+            y = x * (self.w[0] if step is None else self.w[step])
+            return y if condition is None else y * condition
+
+    model = StepAware()
+    model(tf.zeros([1, 1]))
+    x, weights = tf.ones([1, 1]), [tf.constant([2.0, 3.0])]
+    assert float(functional_call(model, weights, x, step=1)[0, 0]) == 3.0
+    assert float(functional_call(model, weights, x, condition=tf.constant(5.0))[0, 0]) == 10.0
+    plain = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    plain_weights = [tf.convert_to_tensor(v) for v in plain.trainable_variables]
+    functional_call(plain, plain_weights, x, step=1)  # A model without per-step parameters ignores the step.
+    with pytest.raises(ValueError, match="condition"):
+        functional_call(plain, plain_weights, x, condition=tf.constant(1.0))

@@ -32,7 +32,8 @@ def test_meta_sgd_with_frozen_step_sizes_equals_maml(batch_tasks):
     meta_sgd = MetaSGD(model, losses.mse, inner_lr=0.1, num_inner_steps=3, init="update_lr", learn_lr=False,
                        batch_tasks=batch_tasks)
     assert meta_sgd.runs_batched(batch) == batch_tasks and len(meta_sgd.meta_variables) == len(maml.meta_variables)
-    (g_maml, r_maml), (g_sgd, r_sgd) = maml.meta_gradients(batch, num_steps=3), meta_sgd.meta_gradients(batch, num_steps=3)
+    g_maml, r_maml = maml.meta_gradients(batch, num_steps=3)
+    g_sgd, r_sgd = meta_sgd.meta_gradients(batch, num_steps=3)
     for a, b in zip(g_maml, g_sgd):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(r_sgd["total_losses2"].numpy(), r_maml["total_losses2"].numpy(), rtol=1e-12)
@@ -152,7 +153,8 @@ def test_task_batched_backend_equals_map_fn(cls, options):
     mapped = cls(model, losses.mse, num_inner_steps=2, batch_tasks=False, **options)
     batched = cls(model, losses.mse, num_inner_steps=2, batch_tasks=True, task_groups=2, **options)
     assert batched.runs_batched(batch) and not mapped.runs_batched(batch)
-    (g_map, r_map), (g_bat, r_bat) = mapped.meta_gradients(batch, num_steps=2), batched.meta_gradients(batch, num_steps=2)
+    g_map, r_map = mapped.meta_gradients(batch, num_steps=2)
+    g_bat, r_bat = batched.meta_gradients(batch, num_steps=2)
     for a, b in zip(g_map, g_bat):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(r_bat["total_losses2"].numpy(), r_map["total_losses2"].numpy(), rtol=1e-12)

@@ -106,7 +106,8 @@ class MAML(MetaLearner):
         """Declares the algorithm's own meta-parameters in `self.meta_parameters` (MAML: none)."""
 
     def inner_optimizer(self, view: TaskView, own: Sequence) -> InnerOptimizer:
-        """The inner update rule; `own`: the algorithm's meta-parameters (in `view`'s layout as needed)."""
+        """The inner update rule. `own`: the algorithm's own meta-parameters as tensors; those aligned with
+        weights go through `view.layout` (one copy per task when tasks run at once)."""
         return sgd(self.inner_lr)
 
     def objective_weights(self) -> Sequence[float]:
