@@ -211,3 +211,21 @@ def test_library_shape_and_loss_errors():
         meta_learner(model, "maml", loss=lambda y, o: "loss", inner_lr=0.1,
                      num_inner_steps=1).meta_gradients(TaskBatch(x, x, x, x))
     del keras
+
+
+def test_main_prints_its_own_lines_only_and_one_line_errors(tmp_path):
+    common = [sys.executable, str(ROOT / "main.py"), f"--logdir={tmp_path}", "--norm=None", "--update_batch_size=5",
+              "--meta_batch_size=2", "--progress=False"]
+    train_run = subprocess.run(common + ["--metatrain_iterations=2"], capture_output=True, text=True, timeout=300)
+    test_run = subprocess.run(common + ["--train=False", "--num_test_tasks=3"], capture_output=True, text=True,
+                              timeout=300)
+    for proc in (train_run, test_run):
+        assert proc.returncode == 0, proc.stderr
+        assert not [line for line in (proc.stdout + proc.stderr).splitlines() if any(n in line for n in NOISE)]
+    table = [line for line in test_run.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| step | mean | 95% interval | median | paper |" and table[-1].endswith("| 0.35 |")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run(common[:2] + [f"--logdir={blocker}", "--metatrain_iterations=2"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "--logdir" in proc.stderr, proc.stderr
