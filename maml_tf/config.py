@@ -145,8 +145,9 @@ class Config:
             raise ConfigError(f"--test_iter must be -1 (the latest checkpoint) or positive; got {self.test_iter}.")
         if self.train_update_batch_size < -1 or self.train_update_batch_size == 0:
             raise ConfigError("--train_update_batch_size must be -1 (same as --update_batch_size) or positive.")
-        if self.algorithm != "maml" and (self.pretrain_iterations or self.baseline):
-            raise ConfigError(f"--pretrain_iterations and --baseline belong to MAML, not --algorithm={self.algorithm}.")
+        if not self.options.pretraining and (self.pretrain_iterations or self.baseline):
+            raise ConfigError(f"--pretrain_iterations and --baseline need MAML's pretraining step, which "
+                              f"--algorithm={self.algorithm} does not have.")
         if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:
             raise ConfigError(f"{self.datasource}'s conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")

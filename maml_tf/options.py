@@ -10,7 +10,7 @@ experiment folder's name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 
 class ConfigError(ValueError):
@@ -25,6 +25,9 @@ def option(default, help: str, choices: Optional[Sequence[str]] = None):  # noqa
 @dataclasses.dataclass
 class AlgorithmOptions:
     """Base of an algorithm's own options; every hook has a neutral default."""
+
+    # Whether the algorithm has MAML's pretraining step, so that --pretrain_iterations and --baseline apply.
+    pretraining: ClassVar[bool] = False
 
     def validate(self, config) -> None:
         """Raises `ConfigError` for values that cannot run with `config`."""

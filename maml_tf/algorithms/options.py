@@ -9,7 +9,7 @@ validated before TensorFlow starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 from maml_tf.options import AlgorithmOptions, ConfigError, at_least, check_choices, option
 
@@ -17,6 +17,8 @@ from maml_tf.options import AlgorithmOptions, ConfigError, at_least, check_choic
 @dataclasses.dataclass
 class MAMLOptions(AlgorithmOptions):
     """MAML's options are the original flags (`--update_lr`, `--num_updates`, `--stop_grad`, ...)."""
+
+    pretraining: ClassVar[bool] = True
 
 
 @dataclasses.dataclass
@@ -99,6 +101,8 @@ class IMAMLOptions(AlgorithmOptions):
 class MetaSGDOptions(AlgorithmOptions):
     """Meta-SGD (Li et al. 2017). Shared with MAML: --num_updates, --meta_lr, --stop_grad, --meta_batch_size."""
 
+    pretraining: ClassVar[bool] = True  # MAML's pretraining step, inherited.
+
     init: str = option("uniform", "initial step sizes: 'uniform' in [init_low, init_high] (the paper), or "
                                   "'update_lr' (every step size --update_lr).", choices=("uniform", "update_lr"))
     init_low: float = option(0.005, "lower end of the uniform initial step sizes.")
@@ -119,6 +123,8 @@ class MetaSGDOptions(AlgorithmOptions):
 @dataclasses.dataclass
 class ANILOptions(AlgorithmOptions):
     """ANIL (Raghu et al. 2020). Shared with MAML: --update_lr, --num_updates, --meta_lr, --stop_grad."""
+
+    pretraining: ClassVar[bool] = True  # MAML's pretraining step, inherited.
 
     head_layers: int = option(1, "layers with weights, counted back from the output, that adapt in the inner loop "
                                  "(the paper: 1, the final layer).")
