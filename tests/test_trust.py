@@ -1,8 +1,8 @@
 """Runs a user can trust: exact resume after any interruption, safe checkpoints and folders, one-line errors."""
 
 import dataclasses
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,7 +97,7 @@ def test_a_second_training_in_the_same_folder_stops_and_a_dead_ones_lock_is_take
     exp.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (exp / ".lock").write_text(f"{os.uname().nodename} {sleeper.pid}")
+        (exp / ".lock").write_text(f"{socket.gethostname()} {sleeper.pid}")
         with pytest.raises(train.TrainingError, match=f"process {sleeper.pid}"):
             train.run(config)
     finally:
