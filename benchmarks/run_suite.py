@@ -108,6 +108,12 @@ def run_case(preset, overrides, script="bench_meta_iteration.py", extra=(), cwd=
     return json.loads(proc.stdout.strip().splitlines()[-1]), cmd
 
 
+def _commit(checkout: str) -> str:
+    """The short commit of a checkout (the table names it, not a path of this machine)."""
+    proc = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or os.path.basename(os.path.abspath(checkout))
+
+
 def combine(runs):
     """One report from repeated runs of a case: the median of their medians, the extremes, the largest peak."""
     ok = [r for r in runs if "error" not in r]
@@ -193,7 +199,7 @@ def main(_):
         lines.append(f"| {r['case']} | {r['median_s']:.4g} | {r['min_s']:.4g} | {r['max_s']:.4g} | "
                      f"{r['peak_rss_gb']:.2f} | {orig[0] or ''} | {orig[1] or ''} | {ratio} | {same_cells} |")
     if FLAGS.baseline_dir:
-        lines += ["", f"Side by side with {FLAGS.baseline_dir} (another commit), same run, round-robin:", "",
+        lines += ["", f"Side by side with commit {_commit(FLAGS.baseline_dir)}, same run, round-robin:", "",
                   "| case | this commit s | baseline s | ratio (this / baseline) | this commit GB | baseline GB |",
                   "|---|---|---|---|---|---|"]
         for r in results:

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf import algorithms
-from maml_tf.algorithms.base import check_task_batch, refresh_statistics
+from maml_tf.algorithms.base import as_float_tensor, check_task_batch, refresh_statistics
 from maml_tf.types import TaskBatch
 from maml_tf.functional import functional_call
 
@@ -46,18 +46,7 @@ def task_loss(loss) -> Callable:
     fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
     if not callable(fn):
         raise TypeError(f"loss must be a Keras loss name, a keras.losses.Loss or a callable; got {loss!r}.")
-    return lambda outputs, labels: tf.reduce_mean(check_scalar_or_tensor(fn(labels, outputs), _name(loss)))
-
-
-def check_scalar_or_tensor(value, what: str):
-    """A loss's per-example values as a float tensor, or `ValueError` naming the loss."""
-    try:
-        value = tf.convert_to_tensor(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Loss {what!r} must return a float tensor; it returned {type(value).__name__}.") from None
-    if not value.dtype.is_floating:
-        raise ValueError(f"Loss {what!r} must return a float tensor; it returned dtype {value.dtype.name}.")
-    return value
+    return lambda outputs, labels: tf.reduce_mean(as_float_tensor(fn(labels, outputs), f"Loss {_name(loss)!r}"))
 
 
 def task_metrics(metrics) -> Optional[Callable]:

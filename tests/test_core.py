@@ -52,6 +52,10 @@ def test_objective_weights():
     assert objective.steps_needed([0.0, 0.0, 1.0]) == [2]
     assert objective.combine(losses, [0.0, 0.0, 1.0]) is losses[2]  # MAML: the loss itself, bit for bit.
     assert float(objective.combine(losses, [0.5, 0.0, 0.5])) == 3.5
+    annealed = tf.constant([0.2, 0.3, 0.5])  # MAML++'s multi-step weights change over training: a tensor.
+    assert objective.steps_needed(annealed) == [0, 1, 2]
+    step_losses = {k: tf.constant(v) for k, v in enumerate([1.0, 2.0, 4.0])}
+    np.testing.assert_allclose(float(objective.combine(step_losses, annealed)), 2.8, rtol=1e-6)
 
 
 def test_hvp_of_a_quadratic_is_the_matrix_product():

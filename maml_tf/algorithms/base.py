@@ -218,15 +218,20 @@ def cast_floats(structure, dtype):
     return tf.nest.map_structure(cast, structure)
 
 
-def check_scalar(value, what: str):
-    """Raises `ValueError` at trace time unless `value` is a scalar float tensor."""
+def as_float_tensor(value, what: str, expected: str = "a float tensor"):
+    """`value` as a float tensor, or `ValueError` saying that `what` must return `expected` (at trace time)."""
     try:
         value = tf.convert_to_tensor(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must return a scalar float tensor per task; it returned "
-                         f"{type(value).__name__} {value!r:.60}.") from None
+        raise ValueError(f"{what} must return {expected}; it returned {type(value).__name__} {value!r:.60}.") from None
     if not value.dtype.is_floating:
-        raise ValueError(f"{what} must return a scalar float tensor per task; it returned dtype {value.dtype.name}.")
+        raise ValueError(f"{what} must return {expected}; it returned dtype {value.dtype.name}.")
+    return value
+
+
+def check_scalar(value, what: str):
+    """Raises `ValueError` at trace time unless `value` is a scalar float tensor."""
+    value = as_float_tensor(value, what, "a scalar float tensor per task")
     if value.shape.rank not in (0, None):
         raise ValueError(f"{what} must return one scalar per task; it returned shape {tuple(value.shape)}. "
                          "Reduce over the examples (e.g. tf.reduce_mean).")

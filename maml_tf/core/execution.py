@@ -79,8 +79,6 @@ class TaskView:
 class MapFn:
     """Tasks one at a time with `tf.map_fn` (the original's `map_fn` over `task_metalearn`)."""
 
-    name = "map_fn"
-
     def run(self, learner, task_fn: Callable, params, batch: TaskBatch, keys: Sequence[str],
             with_gradients: bool = False) -> Dict[str, object]:
         view = TaskView(learner)
@@ -106,8 +104,6 @@ class MapFn:
 
 class TaskBatched:
     """Tasks at once, in `groups` groups run in parallel, through the task-batched network."""
-
-    name = "task_batched"
 
     def __init__(self, network: TaskBatchedNetwork, groups: int):
         self.network, self.groups = network, groups
