@@ -89,10 +89,7 @@ def meta_learner(model: keras.Model, algorithm: str = "maml", *, loss=None, metr
     Returns:
       An instance of the registered class (`maml_tf.algorithms.get(algorithm)`).
     """
-    try:
-        cls = algorithms.get(algorithm)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    cls = algorithms.get(algorithm)  # ValueError naming the choices for an unknown name.
     if (loss is None) == (loss_fn is None):
         raise ValueError("Give exactly one of loss= (Keras convention) or loss_fn= (outputs, labels).")
     loss_fn = loss_fn or task_loss(loss)

@@ -40,6 +40,11 @@ class Datasource:
     train_query_per_class: Optional[int] = None
     needs_max_pool: bool = False
 
+    def sampler(self):
+        """The function named by `tasks` (imports its module: TensorFlow)."""
+        module, name = self.tasks.split(":")
+        return getattr(importlib.import_module(module), name)
+
 
 DATASOURCES: Dict[str, Datasource] = {
     "sinusoid": Datasource("maml_tf.data.sinusoid:sinusoid_tasks", (1,), False, fc_hidden=(40, 40),
@@ -53,5 +58,4 @@ DATASOURCES: Dict[str, Datasource] = {
 
 def make_tasks(config, split: str, seed: int):
     """The task source of `config.datasource` for split 'train', 'val' or 'test'."""
-    module, name = DATASOURCES[config.datasource].tasks.split(":")
-    return getattr(importlib.import_module(module), name)(config, split, seed)
+    return DATASOURCES[config.datasource].sampler()(config, split, seed)

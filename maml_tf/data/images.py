@@ -36,7 +36,6 @@ The per-datasource loading (folders, splits) lives in `omniglot.py` and
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import tempfile
@@ -476,6 +475,4 @@ def make_image_tasks(config, split: str, seed: Optional[int], *, tfds_download: 
         raise ValueError(f"No image tasks for datasource {config.datasource!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
-    module, name = entry.tasks.split(":")
-    return getattr(importlib.import_module(module), name)(config, split, seed, tfds_download=tfds_download,
-                                                          cache=cache)
+    return entry.sampler()(config, split, seed, tfds_download=tfds_download, cache=cache)
