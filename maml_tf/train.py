@@ -202,13 +202,13 @@ class _Progress:
     and ETA within the first `first_s` seconds, then every `every_s` seconds. The rate is the recent one (the
     last `window_s` seconds), not the average since start-up, which tracing and data loading drag down."""
 
-    def __init__(self, total: int, start: int, enabled: bool, first_s: float = 20.0, every_s: float = 60.0,
+    def __init__(self, total: int, enabled: bool, first_s: float = 20.0, every_s: float = 60.0,
                  window_s: float = 60.0):
-        self.total, self.start = total, start
+        self.total = total
         self.terminal = enabled and sys.stderr.isatty()
         self.lines = enabled and not self.terminal
         self.first_s, self.every_s, self.window_s = first_s, every_s, window_s
-        self.t0 = self.last = time.time()
+        self.last = time.time()
         self.printed = False
         self.samples = collections.deque()  # (time, iterations done) since the first finished iteration.
 
@@ -309,7 +309,7 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     key1 = "total_accuracy1" if config.classification else "total_loss1"
     history = {"iteration": [], "pre": [], "post": []}
     prelosses, postlosses, skipped = [], [], 0
-    progress = _Progress(total, resume_itr, config.progress)
+    progress = _Progress(total, config.progress)
     print(f"Training {config.exp_string()} from iteration {resume_itr} to {total} "
           f"({pretrain} pretraining); outputs in {checkpoints.directory}", flush=True)
     done = resume_itr - 1  # The last iteration whose update has been applied.
@@ -398,7 +398,7 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
     tasks = make_tasks(config, split, TEST_SEED)
     num_steps = config.num_steps_reported
     rows = []
-    progress = _Progress(config.num_test_tasks, 0, config.progress)
+    progress = _Progress(config.num_test_tasks, config.progress)
     for i, batch in enumerate(tasks.batches(1, config.num_test_tasks)):
         r = algo.evaluate(batch, num_steps)
         if config.classification:

@@ -157,7 +157,7 @@ def test_test_summary_prints_a_labelled_table_beside_the_papers_numbers(tmp_path
 def test_progress_reports_the_recent_rate_off_a_terminal(monkeypatch, capsys):
     clock = [1000.0]
     monkeypatch.setattr(train.time, "time", lambda: clock[0])
-    progress = train._Progress(total=10000, start=5000, enabled=True, first_s=20, every_s=60, window_s=60)
+    progress = train._Progress(total=10000, enabled=True, first_s=20, every_s=60, window_s=60)
     progress.terminal, progress.lines = False, True  # As under nohup.
     clock[0] += 30  # Start-up (tracing): no iteration yet.
     for itr in range(5000, 5100):  # Then 10 iterations per second.
