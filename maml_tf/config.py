@@ -77,6 +77,15 @@ class Config:
               "e.g. logs/miniimagenet1shot/.../model59000.")
     export_checkpoint: Optional[str] = option(None, "after training or testing, write the weights as a TF1 "
                                                     "checkpoint the original code can restore.")
+    # Epochs: validation on many tasks and the best checkpoints (MAML++'s protocol; any algorithm).
+    epoch_iterations: int = option(0, "iterations per epoch; after each, the model is validated on --val_tasks "
+                                      "tasks and its checkpoint kept if among the --keep_best best (0: the "
+                                      "algorithm's epochs: 500 for maml++, none for the others).")
+    val_tasks: int = option(600, "validation tasks at the end of each epoch (the same tasks every epoch).")
+    keep_best: int = option(5, "epoch checkpoints kept, the best by validation accuracy (MAML++: "
+                               "max_models_to_save).")
+    test_ensemble: int = option(3, "with epochs, --train=False also tests the ensemble of the best N epoch "
+                                   "checkpoints (mean logits) and the best one alone (0: neither).")
     # Execution (the results are the same with any of these but --mixed_precision, which rounds to float16).
     batch_tasks: bool = option(True, "run a meta-batch's tasks at once (grouped convolutions, batched matmuls) "
                                      "where the algorithm and network allow it and it was faster (see "
@@ -130,7 +139,8 @@ class Config:
         for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
-        for name in ("task_groups", "intra_op_threads", "batched_conv_max_support"):
+        for name in ("task_groups", "intra_op_threads", "batched_conv_max_support", "epoch_iterations", "keep_best",
+                     "test_ensemble", "val_tasks"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be 0 or more; got {getattr(self, name)}.")
         for name in ("pretrain_iterations", "metatrain_iterations"):
@@ -186,8 +196,14 @@ class Config:
     @property
     def test_num_updates(self) -> int:
         """Inner steps reported, as chosen in the original `main()`."""
+        own = self.options.test_num_updates(self)
         training, testing = self.datasource_spec.test_num_updates
-        return training if self.train else testing
+        return own or (training if self.train else testing)
+
+    @property
+    def epoch_length(self) -> int:
+        """Iterations per epoch (0: no epochs)."""
+        return self.epoch_iterations or self.options.epoch_iterations(self)
 
     @property
     def num_steps_reported(self) -> int:

@@ -44,6 +44,14 @@ class AlgorithmOptions:
         """Support examples per class of training tasks, if the algorithm sets its own."""
         return None
 
+    def test_num_updates(self, config) -> Optional[int]:
+        """Inner steps reported in training summaries and tests, if not the original's choice."""
+        return None
+
+    def epoch_iterations(self, config) -> int:
+        """Iterations per epoch when --epoch_iterations is 0 (0: no epochs)."""
+        return 0
+
 
 def check_choices(options, prefix: str) -> None:
     """Raises `ConfigError` for a string field outside its declared choices."""

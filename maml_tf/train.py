@@ -13,6 +13,7 @@ import collections
 import contextlib
 import csv
 import json
+import math
 import os
 import pickle
 import signal
@@ -25,7 +26,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import algorithms, networks
+from maml_tf import algorithms
 from maml_tf.config import Config
 from maml_tf.data import make_tasks
 
@@ -54,8 +55,8 @@ def configure_threads(config: Config) -> None:
 
 def build_algorithm(config: Config, model=None):
     """The algorithm of `config.algorithm` on the original network for `config`."""
-    model = model or networks.build_network(config)
-    algo = algorithms.get(config.algorithm).from_config(config, model)
+    cls = algorithms.get(config.algorithm)
+    algo = cls.from_config(config, model or cls.build_model(config))
     if config.jit_compile:
         algo.compile(jit_compile=True)
     return algo
@@ -128,6 +129,62 @@ class Checkpoints:
         # Extra values (the loss scale of a --mixed_precision run resumed without it) are left unused.
         checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         return int(self.iteration.numpy())
+
+
+class Epochs:
+    """Validation at the end of each epoch and the best epoch checkpoints (MAML++'s protocol, any algorithm).
+
+    After every `config.epoch_length` iterations the model is evaluated on
+    the same `--val_tasks` validation tasks (after `--num_updates` steps), its
+    checkpoint written as `epochs/epoch-<n>`, and only the `--keep_best` best
+    by validation accuracy (MSE for regression) are kept. `epochs.json` holds
+    every epoch's record (the learning curve): epoch, iteration, validation
+    score, training seconds so far.
+    """
+
+    def __init__(self, config: Config, algo, directory: str, resume_itr: int = 0):
+        self.config, self.algo, self.directory = config, algo, directory
+        self.path = os.path.join(directory, "epochs.json")
+        self.records = [r for r in _read_json(self.path).get("epochs", []) if r["iteration"] <= resume_itr]
+        self.higher_is_better = config.classification
+        self.seconds = self.records[-1]["train_seconds"] if self.records else 0.0
+
+    def validate(self) -> float:
+        """Mean query accuracy (MSE) over the validation tasks after `num_updates` steps."""
+        config = self.config
+        batches = math.ceil(config.val_tasks / config.meta_batch_size)
+        key = "total_accuracies2" if config.classification else "total_losses2"
+        values = [float(self.algo.evaluate(b, config.num_updates)[key][config.num_updates - 1])
+                  for b in make_tasks(config, "val", TEST_SEED).batches(config.meta_batch_size, batches)]
+        return float(np.mean(values))
+
+    def end(self, epoch: int, iteration: int, train_seconds: float) -> None:
+        """Validates, saves the epoch's checkpoint, drops those past the best `keep_best`, writes the records."""
+        score = self.validate()
+        self.seconds += train_seconds
+        prefix = os.path.join(self.directory, "epochs", f"epoch-{epoch}")
+        tf.train.Checkpoint(**self.algo.checkpoint_objects()).write(prefix)
+        self.records.append({"epoch": epoch, "iteration": iteration, "val": score,
+                             "train_seconds": round(self.seconds, 1), "checkpoint": os.path.basename(prefix)})
+        kept = {r["epoch"] for r in self.best(self.config.keep_best)}
+        for r in self.records:
+            if r["epoch"] not in kept and r.get("checkpoint"):
+                for f in tf.io.gfile.glob(os.path.join(self.directory, "epochs", r["checkpoint"]) + ".*"):
+                    tf.io.gfile.remove(f)
+                r["checkpoint"] = None
+        with open(self.path, "w") as f:
+            json.dump({"metric": "accuracy" if self.higher_is_better else "mse", "epochs": self.records}, f, indent=1)
+        best = self.ranked(self.records)[0]
+        what = "accuracy" if self.higher_is_better else "MSE"
+        print(f"Epoch {epoch} (iteration {iteration}): validation {what} {score:.4f} on {self.config.val_tasks} "
+              f"tasks; best {best['val']:.4f} (epoch {best['epoch']})", flush=True)
+
+    def best(self, n: int) -> list:
+        """The `n` best records with a checkpoint on disk, best first."""
+        return self.ranked([r for r in self.records if r.get("checkpoint")])[:n]
+
+    def ranked(self, records: list) -> list:
+        return sorted(records, key=lambda r: -r["val"] if self.higher_is_better else r["val"])
 
 
 def _first_line(error: Exception) -> str:
@@ -309,6 +366,9 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
     key1 = "total_accuracy1" if config.classification else "total_loss1"
     history = {"iteration": [], "pre": [], "post": []}
     prelosses, postlosses, skipped = [], [], 0
+    epoch_length = config.epoch_length
+    epochs = Epochs(config, algo, checkpoints.directory, resume_itr) if epoch_length else None
+    epoch_start = time.time()
     progress = _Progress(total, config.progress)
     print(f"Training {config.exp_string()} from iteration {resume_itr} to {total} "
           f"({pretrain} pretraining); outputs in {checkpoints.directory}", flush=True)
@@ -368,6 +428,10 @@ def train(config: Config, algo, checkpoints: Checkpoints, resume_itr: int = 0) -
                         for tag, value in val_scalars.items():
                             tf.summary.scalar("metaval_" + tag, value)
                 print(f"Validation results: {float(val[key1])}, {float(val[key])}", flush=True)
+            if epochs is not None and itr >= pretrain and (itr + 1 - pretrain) % epoch_length == 0:
+                progress.close()
+                epochs.end((itr + 1 - pretrain) // epoch_length, itr + 1, time.time() - epoch_start)
+                epoch_start = time.time()
             progress.update(itr)
     progress.close()
     if writer is not None:
@@ -434,11 +498,61 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
         writer.writerow(ci95)
     print(f"Wrote {stem}.csv and {stem}.pkl")
     out = {"values": values, "means": means, "stds": stds, "ci95": ci95, "csv": stem + ".csv", "pkl": stem + ".pkl"}
+    if config.test_ensemble and os.path.exists(os.path.join(directory, "epochs.json")):
+        out["ensemble"] = test_ensemble(config, algo, directory, split)
     if config.datasource == "sinusoid":
         from maml_tf.plotting import plot_sinusoid  # matplotlib only when needed.
         out["figure"] = plot_sinusoid(config, algo, os.path.join(directory, config.test_file_stem() + ".png"))
         print(f"Wrote {out['figure']}")
     return out
+
+
+def test_ensemble(config: Config, algo, directory: str, split: str) -> Dict[str, object]:
+    """MAML++'s evaluation: the `--test_ensemble` best epoch checkpoints by validation score, each adapted to
+    the same tasks; the ensemble predicts with the mean of their outputs after the last reported step.
+
+    Prints and writes `<test stem>.ensemble.json`: the ensemble's and the best
+    checkpoint's mean query accuracy (MSE) over the tasks with 95% intervals.
+    Leaves the last checkpoint evaluated restored.
+    """
+    epochs = Epochs(config, algo, directory, resume_itr=2 ** 62)
+    chosen = epochs.best(config.test_ensemble)
+    if not chosen:
+        print("No epoch checkpoint to ensemble (--keep_best=0?).")
+        return {}
+    num_steps = config.num_steps_reported
+    outputs, labels = [], None
+    for record in chosen:
+        tf.train.Checkpoint(**algo.checkpoint_objects()).read(
+            os.path.join(directory, "epochs", record["checkpoint"])).expect_partial()
+        per_task, per_label = [], []
+        for batch in make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks):
+            per_task.append(algo.evaluate(batch, num_steps)["query_outputs"][0, -1].numpy())
+            per_label.append(batch.query_y[0])
+        outputs.append(np.stack(per_task))
+        labels = np.stack(per_label)
+
+    def score(out):
+        if config.classification:
+            return (out.argmax(-1) == labels.argmax(-1)).mean(-1)
+        return ((out.reshape(labels.shape) - labels) ** 2).mean(-1)
+
+    what = "accuracy" if config.classification else "MSE"
+    rows = {"ensemble": score(np.mean(outputs, 0)), "best": score(outputs[0])}
+    result = {"epochs": [r["epoch"] for r in chosen], "val": [r["val"] for r in chosen], "steps": num_steps}
+    print(f"\nEnsemble of the {len(chosen)} best epochs by validation {what} (epochs "
+          f"{', '.join(str(r['epoch']) for r in chosen)}), {len(labels)} tasks of the {split} split, after "
+          f"{num_steps} steps:\n\n| model | mean | 95% interval |\n|---|---|---|")
+    for name, values in rows.items():
+        mean, ci = float(values.mean()), float(1.96 * values.std() / np.sqrt(len(values)))
+        result[name] = {"mean": mean, "ci95": ci}
+        label = f"best epoch ({chosen[0]['epoch']})" if name == "best" else f"ensemble of {len(chosen)}"
+        print(f"| {label} | {mean:.4g} | {mean - ci:.4g} to {mean + ci:.4g} |")
+    path = os.path.join(directory, config.test_file_stem() + ".ensemble.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"Wrote {path}")
+    return result
 
 
 # ======================================================================== run
@@ -447,7 +561,7 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
 RESUMABLE_CHANGES = frozenset({
     "metatrain_iterations", "log", "logdir", "resume", "train", "test_iter", "test_set", "num_test_tasks", "data_dir",
     "tfds_data_dir", "progress", "import_checkpoint", "export_checkpoint", "batch_tasks", "batched_conv_max_support",
-    "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log"})
+    "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log", "test_ensemble"})
 
 
 def check_resumable(config: Config, directory: str) -> None:

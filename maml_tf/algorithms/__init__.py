@@ -37,6 +37,8 @@ ALGORITHMS: Dict[str, AlgorithmEntry] = {
     "meta_sgd": AlgorithmEntry("maml_tf.algorithms.meta_sgd:MetaSGD", _options.MetaSGDOptions, "metasgd",
                                aliases=("metasgd", "meta-sgd")),
     "anil": AlgorithmEntry("maml_tf.algorithms.anil:ANIL", _options.ANILOptions, "anil"),
+    "maml++": AlgorithmEntry("maml_tf.algorithms.mamlpp:MAMLPlusPlus", _options.MAMLPPOptions, "mamlpp",
+                             aliases=("mamlpp", "maml_pp")),
 }
 
 

@@ -94,6 +94,13 @@ class MetaLearner:
         for name in self.compiled_steps:
             setattr(self, name, tf.function(getattr(self, "_" + name), jit_compile=jit_compile, autograph=False))
 
+    @classmethod
+    def build_model(cls, config) -> keras.Model:
+        """The network `main.py` meta-trains for `config` (the original's; MAML++: the authors')."""
+        from maml_tf import networks
+
+        return networks.build_network(config)
+
     # ------------------------------------------------------ meta-parameters
     @property
     def meta_variables(self) -> list:

@@ -114,6 +114,10 @@ class MAML(MetaLearner):
         """The meta-objective's weights over the inner steps (MAML: the last step only)."""
         return objective.last_step(self.num_inner_steps)
 
+    def extra_task_outputs(self) -> tuple:
+        """Keys of `task_forward`'s results kept per task besides MAML's (MAML++: the batch moments)."""
+        return ()
+
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "MAML":
         """The algorithm `main.py` runs (the original's losses and flags, and the algorithm's options)."""
@@ -195,6 +199,7 @@ class MAML(MetaLearner):
         keys = ["support_loss", "query_losses"]
         keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
+        keys += list(self.extra_task_outputs())
         backend = self.execution.backend(batch)
         per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps),
                                list(params), batch, keys, with_gradients)

@@ -134,3 +134,54 @@ class ANILOptions(AlgorithmOptions):
 
     def exp_suffix(self, config) -> str:
         return f".head{self.head_layers}"
+
+
+@dataclasses.dataclass
+class MAMLPPOptions(AlgorithmOptions):
+    """MAML++ (Antoniou et al. 2019), `AntreasAntoniou/HowToTrainYourMAMLPytorch`'s options and defaults.
+    Shared: --num_updates (number_of_training_steps_per_iter: their configs 5), --meta_batch_size (batch_size:
+    8 on Omniglot, 2 on MiniImagenet), --meta_lr (meta_learning_rate 0.001), --epoch_iterations
+    (total_iter_per_epoch: 500), --stop_grad (second_order=False), --norm (batch_norm or None)."""
+
+    msl: bool = option(True, "multi-step loss: the query loss after every inner step, weighted as the authors "
+                             "(annealed toward the last step).")
+    multi_step_loss_num_epochs: int = option(10, "epochs over which the multi-step loss anneals; the last step "
+                                                 "alone after them.")
+    first_order_to_second_order_epoch: int = option(-1, "derivative-order annealing: first-order meta-gradients up "
+                                                        "to this epoch, second order after (-1: second order "
+                                                        "throughout, as the authors' configs).")
+    bnrs: bool = option(True, "per-step batch-norm running statistics (one set per inner step).")
+    bnwb: bool = option(True, "per-step batch-norm scale and offset (one set per inner step).")
+    lslr: bool = option(True, "learned per-layer per-step inner step sizes (False: frozen at "
+                              "--mamlpp_init_inner_lr).")
+    init_inner_lr: float = option(0.1, "initial inner step sizes (the authors' task_learning_rate).")
+    ca: bool = option(True, "cosine annealing of the meta step size from --meta_lr to --mamlpp_min_learning_rate "
+                            "over the run's epochs.")
+    min_learning_rate: float = option(1e-5, "the annealed meta step size's minimum (MiniImagenet configs: 0.001).")
+    transductive: bool = option(True, "evaluate with batch statistics, as the authors' code; False: with the "
+                                      "per-step running statistics.")
+    filters: int = option(0, "conv filters per stage (0: the authors' 64 for Omniglot, 48 for MiniImagenet).")
+
+    def validate(self, config) -> None:
+        at_least(self, "mamlpp", 1, "multi_step_loss_num_epochs")
+        at_least(self, "mamlpp", 0, "filters")
+        if not self.init_inner_lr > 0:
+            raise ConfigError(f"--mamlpp_init_inner_lr must be positive; got {self.init_inner_lr}.")
+        if config.norm == "layer_norm":
+            raise ConfigError("MAML++'s network has per-step batch norm: use --norm=batch_norm or --norm=None.")
+
+    def exp_suffix(self, config) -> str:
+        parts = [f"msl{self.multi_step_loss_num_epochs}" if self.msl else "nomsl",
+                 f"da{self.first_order_to_second_order_epoch}", "bnrs" if self.bnrs else "nobnrs",
+                 "bnwb" if self.bnwb else "nobnwb", ("lslr" if self.lslr else "fixedlr") + f"{self.init_inner_lr:g}",
+                 f"ca{self.min_learning_rate:g}" if self.ca else "noca", f"ep{config.epoch_length}"]
+        return "." + ".".join(parts) + (f".f{self.filters}" if self.filters else "")
+
+    def test_suffix(self, config) -> str:
+        return "" if self.transductive else ".nontransductive"
+
+    def test_num_updates(self, config) -> Optional[int]:
+        return config.num_updates  # The authors evaluate with as many steps as they train.
+
+    def epoch_iterations(self, config) -> int:
+        return 500

@@ -52,11 +52,12 @@ def learned_sgd(step_sizes: Sequence, per_step: bool = False) -> InnerOptimizer:
       step_sizes: aligned with the adapted weights: tensors of the weight's
         shape (Meta-SGD: one step size per parameter), or scalars (per layer).
       per_step: each entry has a leading axis of inner steps, indexed by the
-        step (MAML++'s per-layer per-step learning rates).
+        step (MAML++'s per-layer per-step learning rates); steps past the
+        last use the last entry (longer evaluation than training).
     """
 
     def update(grads, state, weights, step):
-        sizes = [a[step] for a in step_sizes] if per_step else step_sizes
+        sizes = [a[min(step, a.shape[0] - 1)] for a in step_sizes] if per_step else step_sizes
         return [w - a * g for w, a, g in zip(weights, sizes, grads)], state
 
     return InnerOptimizer(lambda weights: (), update)

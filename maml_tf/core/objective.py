@@ -38,3 +38,22 @@ def combine(query_losses: Dict[int, tf.Tensor], weights: Weights) -> tf.Tensor:
         return query_losses[steps[0]]
     loss = query_losses[steps[0]]
     return tf.add_n([tf.cast(weights[k], loss.dtype) * query_losses[k] for k in steps])
+
+
+def multi_step_loss_weights(epoch, num_steps: int, msl_epochs: int) -> tf.Tensor:
+    """MAML++'s per-step loss importance vector at `epoch` (a scalar tensor or number), float64 `[num_steps]`.
+
+    The authors' `get_per_step_loss_importance_vector`: uniform `1/K` at
+    epoch 0; each epoch moves `1/(K * msl_epochs)` from every non-final step
+    (down to at least `0.03/K`) to the final one (up to at most
+    `1 - (K - 1) * 0.03/K`). From epoch `msl_epochs` on, the authors train on
+    the final step's loss alone: the weights are then one-hot on the last step.
+    """
+    k = num_steps
+    epoch = tf.cast(epoch, tf.float64)
+    decay = 1.0 / k / msl_epochs
+    floor = 0.03 / k
+    early = tf.maximum(1.0 / k - epoch * decay, floor) * tf.ones([k - 1], tf.float64)
+    last = tf.minimum(1.0 / k + epoch * (k - 1) * decay, 1.0 - (k - 1) * floor)
+    annealed = tf.concat([early, [last]], 0)
+    return tf.where(epoch < msl_epochs, annealed, tf.constant(last_step(k), tf.float64))

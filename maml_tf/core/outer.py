@@ -84,3 +84,13 @@ def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = N
         return {}
     used = loss_scale.scale.read_value()
     return {"loss_scale": used, "update_skipped": tf.logical_not(loss_scale.update(grads, apply))}
+
+
+def cosine_annealing(epoch, total_epochs: int, base: float, minimum: float):
+    """The meta step size at `epoch` under cosine annealing (MAML++'s CA; PyTorch's `CosineAnnealingLR` with
+    `T_max=total_epochs`, `eta_min=minimum`, stepped by epoch, in closed form):
+    `minimum + (base - minimum) * (1 + cos(pi * epoch / total_epochs)) / 2`. Past `total_epochs` it stays at
+    `minimum` (PyTorch's would rise again; the authors' runs end there)."""
+    epoch = tf.minimum(tf.cast(epoch, tf.float64), float(total_epochs))
+    return minimum + (base - minimum) * (1.0 + tf.cos(tf.constant(3.141592653589793, tf.float64) * epoch
+                                                      / float(total_epochs))) / 2.0

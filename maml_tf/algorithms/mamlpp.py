@@ -1,0 +1,265 @@
+"""MAML++: MAML with the six fixes of "How to train your MAML".
+
+Antoniou, Edwards & Storkey, ICLR 2019; the authors' code:
+`AntreasAntoniou/HowToTrainYourMAMLPytorch` (`few_shot_learning_system.py`,
+`meta_neural_network_architectures.py`, `inner_loop_optimizers.py`,
+`experiment_config/*.json`). Each fix is a core piece or a hook of the MAML
+template, switchable on its own:
+
+- MSL (`msl`): the meta-objective weighs the query loss after every inner
+  step with the authors' importance vector, annealed toward the last step
+  over the first `msl_epochs` epochs, then the last step alone
+  (`core.objective.multi_step_loss_weights`).
+- DA (`first_order_to_second_order_epoch`): first-order meta-gradients up to
+  and including that epoch, second-order after (-1, the authors' configs:
+  second order throughout).
+- BNRS, BNWB: the network's `PerStepBatchNorm` layers (`networks.PerStepNetwork`,
+  built by `build_model`): running statistics and scale/offset per inner step.
+- LSLR (`lslr`): one meta-learned inner step size per adapted weight tensor and
+  inner step (`core.inner.learned_sgd(per_step=True)`), initialised to
+  `inner_lr` (the authors' `task_learning_rate`, 0.1); frozen at it when off.
+- CA (`cosine_annealing`): the meta step size follows the cosine from
+  `meta_lr` to `min_meta_lr` over `total_epochs` (`core.outer.cosine_annealing`).
+
+Epochs are `iterations_per_epoch` meta-updates, counted by `iterations`, a
+meta-parameter saved with the checkpoints (so a resumed run continues every
+schedule exactly). The CLI's `train_step` runs one compiled step per phase
+(derivative order, multi-step loss on or off), chosen by the epoch: the
+multi-step loss costs the query pass after every step only while it is on.
+`meta_gradients` (used by `MetaModel.fit`) chooses inside the graph.
+
+Authors' defaults kept: 5 inner steps, inner step sizes 0.1, the loss the
+mean cross-entropy, outer Adam 1e-3 annealed to 1e-5 over 100 epochs of 500
+iterations, MSL over 10 epochs, transductive evaluation (batch statistics:
+the authors' code always normalises with them), batch-norm parameters
+meta-learned but not adapted in the inner loop.
+
+Deliberate differences:
+- The running statistics are updated once per meta-update from the mean,
+  over the tasks and passes of the batch, of the batch moments at each step
+  (with the momentum compounded over those passes, `1 - 0.9^passes`); the
+  authors' layers update them in every forward pass, one task after another.
+  They only matter for the non-transductive evaluation (`transductive=False`),
+  which normalises every pass with them.
+- The authors' `CosineAnnealingLR` continues the cosine past `total_epochs`;
+  here the step size stays at its minimum.
+- Evaluation beyond the trained number of steps reuses the last step's batch
+  norm and step sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from maml_tf.algorithms.maml import MAML
+from maml_tf.core import objective
+from maml_tf.core.execution import TaskView
+from maml_tf.core.inner import InnerOptimizer, learned_sgd
+from maml_tf.core.outer import cosine_annealing
+from maml_tf.networks import PerStepBatchNorm, collect_moments
+
+
+class MAMLPlusPlus(MAML):
+    """MAML++ on a Keras model (per-step batch norm needs `networks.PerStepNetwork`'s layers).
+
+    Args:
+      model, loss_fn: as `MAML`.
+      inner_lr: initial inner step sizes (the authors' 0.1).
+      num_inner_steps: inner steps (the authors' 5).
+      msl, msl_epochs: multi-step loss, annealed over this many epochs.
+      lslr: meta-learn per-layer per-step inner step sizes (False: frozen at `inner_lr`).
+      first_order_to_second_order_epoch: first order up to this epoch (-1: never).
+      cosine_annealing, total_epochs, min_meta_lr: the meta step size's schedule.
+      iterations_per_epoch: meta-updates per epoch (the authors' `total_iter_per_epoch`).
+      transductive: evaluate with batch statistics (the authors' code); False:
+        with the per-step running statistics.
+      **maml_options: `MAML`'s options (`meta_lr`, `first_order`, `clip_value`, ...).
+    """
+
+    name = "maml++"
+    compiled_steps = ("evaluate",)  # The train steps are compiled per phase (`train_step`).
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float = 0.1, num_inner_steps: int = 5,
+                 msl: bool = True, msl_epochs: int = 10, lslr: bool = True,
+                 first_order_to_second_order_epoch: int = -1, cosine_annealing: bool = True, total_epochs: int = 100,
+                 min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500, transductive: bool = True,
+                 meta_lr: float = 1e-3, **maml_options):
+        if iterations_per_epoch < 1 or total_epochs < 1 or msl_epochs < 1:
+            raise ValueError("iterations_per_epoch, total_epochs and msl_epochs must be at least 1.")
+        self.msl, self.msl_epochs, self.lslr = bool(msl), int(msl_epochs), bool(lslr)
+        self.da_epoch = int(first_order_to_second_order_epoch)
+        self.cosine_annealing, self.total_epochs = bool(cosine_annealing), int(total_epochs)
+        self.min_meta_lr, self.meta_lr = float(min_meta_lr), float(meta_lr)
+        self.iterations_per_epoch, self.transductive = int(iterations_per_epoch), bool(transductive)
+        self.norms = [layer for layer in model._flatten_layers(include_self=False)
+                      if isinstance(layer, PerStepBatchNorm)]
+        self._phase = None  # (second order, multi-step loss) while a train step is traced.
+        self._moment_rows = []
+        super().__init__(model, loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps, meta_lr=meta_lr,
+                         **maml_options)
+
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        o = config.options
+        per_epoch = config.epoch_length
+        return dict(super().config_kwargs(config), inner_lr=o.init_inner_lr, msl=o.msl,
+                    msl_epochs=o.multi_step_loss_num_epochs, lslr=o.lslr,
+                    first_order_to_second_order_epoch=o.first_order_to_second_order_epoch,
+                    cosine_annealing=o.ca, min_meta_lr=o.min_learning_rate, iterations_per_epoch=per_epoch,
+                    total_epochs=max(1, math.ceil(config.metatrain_iterations / per_epoch)),
+                    transductive=o.transductive)
+
+    @classmethod
+    def build_model(cls, config) -> keras.Model:
+        """The authors' network for `config` (`networks.PerStepNetwork`): 4 conv stages of 64 filters
+        (MiniImagenet: 48) with max-pooling, or the original fc net's widths for regression."""
+        from maml_tf import networks
+
+        o, spec = config.options, config.datasource_spec
+        conv = config.classification and config.conv
+        filters = o.filters or (48 if config.datasource == "miniimagenet" else 64)
+        return networks.PerStepNetwork(
+            networks.input_shape(config), config.num_ways, [filters] * 4 if conv else list(spec.fc_hidden),
+            config.num_updates, conv=conv, norm=config.norm == "batch_norm", per_step_weights=o.bnwb,
+            per_step_statistics=o.bnrs, dtype="mixed_float16" if config.mixed_precision else None)
+
+    @classmethod
+    def task_losses(cls, config):
+        """The authors' mean cross-entropy (MAML's is summed over the query set and divided by K)."""
+        from maml_tf import losses
+
+        if config.classification:
+            return losses.mean_xent, losses.accuracy
+        return losses.mse, None
+
+    # ------------------------------------------------------- variant hooks
+    def build_meta_parameters(self) -> None:
+        """The meta-update counter, and one step size per adapted weight tensor and inner step (LSLR)."""
+        self.iterations = self.meta_parameters.add("iterations", tf.constant(0, tf.int64), trainable=False)
+        self.step_sizes = [
+            self.meta_parameters.add(f"lslr_{i}", tf.fill([self.num_inner_steps], tf.constant(self.inner_lr,
+                                                                                           self.dtype)),
+                                     trainable=self.lslr)
+            for i in self.split.adapted_indices]
+
+    def inner_optimizer(self, view: TaskView, own: Sequence) -> InnerOptimizer:
+        sizes = own if self.lslr else [tf.convert_to_tensor(v) for v in self.step_sizes]
+        return learned_sgd(sizes, per_step=True)  # Per-layer sizes: the same tensors in any layout.
+
+    def objective_weights(self):
+        if self._phase is not None and self._phase[1]:
+            return tf.cast(objective.multi_step_loss_weights(self.epoch_tensor(), self.num_inner_steps,
+                                                             self.msl_epochs), self.dtype)
+        return objective.last_step(self.num_inner_steps)
+
+    def extra_task_outputs(self) -> tuple:
+        return ("moments",) if self.norms and self._phase is not None else ()
+
+    # --------------------------------------------------------------- epochs
+    def epoch(self) -> int:
+        return int(self.iterations.numpy()) // self.iterations_per_epoch
+
+    def epoch_tensor(self) -> tf.Tensor:
+        return tf.convert_to_tensor(self.iterations) // self.iterations_per_epoch
+
+    def phase(self, epoch: int) -> tuple:
+        """`(second order, multi-step loss)` at `epoch`."""
+        return not self.first_order and epoch > self.da_epoch, self.msl and epoch < self.msl_epochs
+
+    def meta_lr_at(self, epoch):
+        return cosine_annealing(epoch, self.total_epochs, self.meta_lr, self.min_meta_lr)
+
+    @contextlib.contextmanager
+    def _tracing(self, phase: tuple):
+        saved = self._phase, self.first_order
+        self._phase, self.first_order = phase, not phase[0]
+        try:
+            yield
+        finally:
+            self._phase, self.first_order = saved
+
+    # ---------------------------------------------------------- training
+    def compile(self, jit_compile: bool = False) -> None:
+        self._phase_steps = {}
+        super().compile(jit_compile)
+
+    def train_step(self, batch, num_steps=None):
+        """One meta-update with the compiled step of the current epoch's phase (traced once per phase)."""
+        phase = self.phase(self.epoch())
+        if phase not in self._phase_steps:
+            self._phase_steps[phase] = tf.function(functools.partial(self._phase_step, phase),
+                                                   jit_compile=self.jit_compile, autograph=False)
+        return self._phase_steps[phase](batch, num_steps)
+
+    def _phase_step(self, phase, batch, num_steps=None):
+        with self._tracing(phase):
+            return self._train_step(batch, num_steps)
+
+    def meta_gradients(self, batch, weights=None, num_steps=None):
+        """MAML's meta-gradient with this epoch's objective and derivative order; updates the running
+        statistics from the batch moments (these are training passes)."""
+        if self._phase is None:  # Traced outside `train_step` (MetaModel.fit): the epoch decides in the graph.
+            def at(second_order):
+                with self._tracing((second_order, self.msl)):
+                    return self.meta_gradients(batch, weights, num_steps)
+            if self.first_order or self.da_epoch < 0:
+                return at(not self.first_order)
+            return tf.cond(self.epoch_tensor() > self.da_epoch, lambda: at(True), lambda: at(False))
+        grads, results = super().meta_gradients(batch, weights, num_steps)
+        if "moments" in results:
+            self._update_statistics(results.pop("moments"))
+        return grads, results
+
+    def outer_step(self, grads, optimizer) -> dict:
+        """Sets the annealed meta step size (CA), applies the update, counts it."""
+        if self.cosine_annealing:
+            optimizer.learning_rate = tf.cast(self.meta_lr_at(self.epoch_tensor()), tf.float32)
+        results = super().outer_step(grads, optimizer)
+        self.iterations.assign_add(1)
+        return results
+
+    # ----------------------------------------------- running statistics
+    def task_forward(self, view, params, tasks, num_steps, query_steps):
+        if "moments" not in self.extra_task_outputs():
+            return super().task_forward(view, params, tasks, num_steps, query_steps)
+        with collect_moments() as records:
+            out = super().task_forward(view, params, tasks, num_steps, query_steps)
+        # One row per (layer, statistics index) seen: the mean over its passes of the batch moments.
+        rows = {}
+        for layer, k, mean, var in records:
+            rows.setdefault((id(layer), k), (layer, k, []))[2].append((mean, var))
+        self._moment_rows = [(layer, k, len(seen)) for layer, k, seen in rows.values()]
+        out["moments"] = tf.concat([tf.concat([tf.add_n([m for m, _ in seen]) / len(seen),
+                                               tf.add_n([v for _, v in seen]) / len(seen)], 0)
+                                    for _, _, seen in rows.values()], 0)
+        return out
+
+    def _update_statistics(self, moments) -> None:
+        """Running statistics <- their EMA with the batch's moments (mean over tasks), the momentum
+        compounded over the passes that row saw (`1 - (1 - momentum)^passes`)."""
+        mean = tf.reduce_mean(moments, 0)
+        tasks = tf.cast(tf.shape(moments)[0], mean.dtype)
+        offset, updates = 0, {}
+        for layer, k, passes in self._moment_rows:
+            c = layer.moving_mean.shape[-1]
+            m, v = mean[offset:offset + c], mean[offset + c:offset + 2 * c]
+            offset += 2 * c
+            keep = tf.pow(1.0 - layer.momentum, passes * tasks)
+            updates.setdefault(id(layer), (layer, {}))[1][k] = (m, v, tf.cast(keep, m.dtype))
+        for layer, rows in updates.values():
+            layer.update_statistics(rows)
+
+    def _evaluate(self, batch, num_steps: int):
+        if self.transductive:
+            return super()._evaluate(batch, num_steps)
+        training, self.training = self.training, False  # Traced inside: every pass uses the running statistics.
+        try:
+            return super()._evaluate(batch, num_steps)
+        finally:
+            self.training = training
