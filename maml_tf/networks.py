@@ -388,7 +388,8 @@ class PerStepNetwork(keras.Model):
                          num_steps=int(num_steps), conv=bool(conv), max_pool=bool(max_pool), norm=bool(norm),
                          per_step_weights=bool(per_step_weights), per_step_statistics=bool(per_step_statistics))
         dtype = kwargs.get("dtype")
-        self.body, self.norms = [], []
+        # Layers are attributes (not lists) so that `tf.train.Checkpoint` tracks them; `_body` names them in order.
+        self._body, self._norms = [], []
         for i, width in enumerate(widths):
             if conv:
                 layer = keras.layers.Conv2D(width, 3, strides=1 if max_pool else 2, padding="same",
@@ -396,10 +397,12 @@ class PerStepNetwork(keras.Model):
             else:
                 layer = keras.layers.Dense(width, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
                                            name=f"dense{i + 1}", dtype=dtype)
-            self.body.append(layer)
+            setattr(self, layer.name, layer)
+            self._body.append(layer.name)
             if norm:
-                self.norms.append(PerStepBatchNorm(num_steps, per_step_weights, per_step_statistics,
-                                                   name=f"norm{i}", dtype=dtype))
+                setattr(self, f"norm{i}", PerStepBatchNorm(num_steps, per_step_weights, per_step_statistics,
+                                                           name=f"norm{i}", dtype=dtype))
+                self._norms.append(f"norm{i}")
         self.flatten = keras.layers.Flatten(dtype=dtype)
         init = "glorot_uniform" if conv else keras.initializers.TruncatedNormal(stddev=0.01)
         self.head = keras.layers.Dense(num_outputs, kernel_initializer=init, name="dense_out", dtype=dtype)
@@ -413,10 +416,10 @@ class PerStepNetwork(keras.Model):
         h = x
         if not self.spec["conv"] and len(x.shape) > 2:
             h = self.flatten(h)
-        for i, layer in enumerate(self.body):
-            h = layer(h)
-            if self.norms:
-                h = self.norms[i](h, training=training, step=step)
+        for i, name in enumerate(self._body):
+            h = getattr(self, name)(h)
+            if self._norms:
+                h = getattr(self, self._norms[i])(h, training=training, step=step)
             if self.spec["conv"]:
                 h = tf.nn.leaky_relu(h, 0.01)
                 if self.spec["max_pool"]:

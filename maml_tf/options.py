@@ -10,7 +10,7 @@ experiment folder's name.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Optional, Sequence, Tuple
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,8 @@ class AlgorithmOptions:
 
     # Whether the algorithm has MAML's pretraining step, so that --pretrain_iterations and --baseline apply.
     pretraining: ClassVar[bool] = False
+    # Shared flags that a resumed training may not change for this algorithm (beyond `train.RESUMABLE_CHANGES`).
+    fixed_on_resume: ClassVar[Tuple[str, ...]] = ()
 
     def validate(self, config) -> None:
         """Raises `ConfigError` for values that cannot run with `config`."""

@@ -527,7 +527,11 @@ def test_ensemble(config: Config, algo, directory: str, split: str) -> Dict[str,
             os.path.join(directory, "epochs", record["checkpoint"])).expect_partial()
         per_task, per_label = [], []
         for batch in make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks):
-            per_task.append(algo.evaluate(batch, num_steps)["query_outputs"][0, -1].numpy())
+            results = algo.evaluate(batch, num_steps)
+            if "query_outputs" not in results:
+                print(f"No ensemble: --algorithm={config.algorithm}'s evaluation does not return its outputs.")
+                return {}
+            per_task.append(results["query_outputs"][0, -1].numpy())
             per_label.append(batch.query_y[0])
         outputs.append(np.stack(per_task))
         labels = np.stack(per_label)
@@ -569,7 +573,7 @@ def check_resumable(config: Config, directory: str) -> None:
     stored = _read_json(os.path.join(directory, "config.json"))
     now = config.flat()
     changed = [f"--{k}={now[k]} (the checkpoint's run: {stored[k]})" for k in sorted(set(stored) & set(now))
-               if k not in RESUMABLE_CHANGES and stored[k] != now[k]]
+               if (k not in RESUMABLE_CHANGES or k in config.options.fixed_on_resume) and stored[k] != now[k]]
     if changed:
         raise TrainingError(f"Resuming {directory} with changed flags: {', '.join(changed)}. Resume with the stored "
                             "flags, or start afresh with --resume=False (overwrites its checkpoints) or another "

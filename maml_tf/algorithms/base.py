@@ -33,8 +33,10 @@ class MetaParameters(keras.layers.Layer):
 
     def add(self, name: str, initial_value, trainable: bool = True) -> keras.Variable:
         value = tf.convert_to_tensor(initial_value)
-        return self.add_weight(name=name, shape=tuple(value.shape), dtype=value.dtype.name,
-                               initializer=lambda shape, dtype=None: value, trainable=trainable)
+        variable = self.add_weight(name=name, shape=tuple(value.shape), dtype=value.dtype.name,
+                                   initializer=lambda shape, dtype=None: value, trainable=trainable)
+        setattr(self, name, variable)  # An attribute, so that `tf.train.Checkpoint` saves it too.
+        return variable
 
 
 class MetaLearner:

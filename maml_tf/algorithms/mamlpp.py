@@ -186,16 +186,8 @@ class MAMLPlusPlus(MAML):
 
     # ---------------------------------------------------------- training
     def compile(self, jit_compile: bool = False) -> None:
-        self._phase_steps = {}
         super().compile(jit_compile)
-
-    def train_step(self, batch, num_steps=None):
-        """One meta-update with the compiled step of the current epoch's phase (traced once per phase)."""
-        phase = self.phase(self.epoch())
-        if phase not in self._phase_steps:
-            self._phase_steps[phase] = tf.function(functools.partial(self._phase_step, phase),
-                                                   jit_compile=self.jit_compile, autograph=False)
-        return self._phase_steps[phase](batch, num_steps)
+        self.train_step = PhasedStep(self)
 
     def _phase_step(self, phase, batch, num_steps=None):
         with self._tracing(phase):
@@ -250,8 +242,8 @@ class MAMLPlusPlus(MAML):
             c = layer.moving_mean.shape[-1]
             m, v = mean[offset:offset + c], mean[offset + c:offset + 2 * c]
             offset += 2 * c
-            keep = tf.pow(1.0 - layer.momentum, passes * tasks)
-            updates.setdefault(id(layer), (layer, {}))[1][k] = (m, v, tf.cast(keep, m.dtype))
+            keep = tf.pow(tf.constant(1.0 - layer.momentum, mean.dtype), passes * tasks)
+            updates.setdefault(id(layer), (layer, {}))[1][k] = (m, v, keep)
         for layer, rows in updates.values():
             layer.update_statistics(rows)
 
@@ -263,3 +255,22 @@ class MAMLPlusPlus(MAML):
             return super()._evaluate(batch, num_steps)
         finally:
             self.training = training
+
+
+class PhasedStep:
+    """MAML++'s `train_step(batch, num_steps=None)`: one compiled meta-update per phase (derivative order,
+    multi-step loss), the current epoch's chosen at each call; each is traced when its phase first comes."""
+
+    def __init__(self, learner: MAMLPlusPlus):
+        self.learner, self.steps = learner, {}
+
+    def __call__(self, batch, num_steps=None):
+        learner = self.learner
+        phase = learner.phase(learner.epoch())
+        if phase not in self.steps:
+            self.steps[phase] = tf.function(functools.partial(learner._phase_step, phase),
+                                            jit_compile=learner.jit_compile, autograph=False)
+        return self.steps[phase](batch, num_steps)
+
+    def experimental_get_tracing_count(self) -> int:
+        return sum(step.experimental_get_tracing_count() for step in self.steps.values())

@@ -9,7 +9,7 @@ validated before TensorFlow starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Tuple
 
 from maml_tf.options import AlgorithmOptions, ConfigError, at_least, check_choices, option
 
@@ -142,6 +142,8 @@ class MAMLPPOptions(AlgorithmOptions):
     Shared: --num_updates (number_of_training_steps_per_iter: their configs 5), --meta_batch_size (batch_size:
     8 on Omniglot, 2 on MiniImagenet), --meta_lr (meta_learning_rate 0.001), --epoch_iterations
     (total_iter_per_epoch: 500), --stop_grad (second_order=False), --norm (batch_norm or None)."""
+
+    fixed_on_resume: ClassVar[Tuple[str, ...]] = ("metatrain_iterations",)  # It sets the annealing's epochs.
 
     msl: bool = option(True, "multi-step loss: the query loss after every inner step, weighted as the authors "
                              "(annealed toward the last step).")
