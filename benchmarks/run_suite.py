@@ -34,6 +34,8 @@ from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+MAMLPP = ["algorithm=maml++", "num_updates=5"]
+
 # name: (preset, overrides, original (s, GB) or None)
 SPEED = {
     "sinusoid_maml": ("sinusoid", [], (0.0039, 0.59)),
@@ -58,6 +60,13 @@ SPEED = {
                                          "imaml_inner_lr=0.1"], None),
     "omniglot5_imaml_hf": ("omniglot5", ["algorithm=imaml", "imaml_solver=hessian_free", "imaml_lam=2",
                                          "imaml_n_steps=4"], None),
+    # MAML++ with the authors' configs (5 steps, meta-batch 8 on Omniglot, 2 on MiniImagenet; the first epochs,
+    # with the multi-step loss), after its epochs (the last step's loss only), and MAML at the same shape.
+    "omniglot5_mamlpp": ("omniglot5", MAMLPP + ["meta_batch_size=8"], None),
+    "omniglot5_mamlpp_last_step": ("omniglot5", MAMLPP + ["meta_batch_size=8", "mamlpp_msl=False"], None),
+    "omniglot5_maml_b8_5steps": ("omniglot5", ["meta_batch_size=8", "num_updates=5", "update_lr=0.1"], None),
+    "omniglot20_mamlpp": ("omniglot20", MAMLPP + ["meta_batch_size=8"], None),
+    "miniimagenet_mamlpp": ("miniimagenet", MAMLPP + ["meta_batch_size=2", "mamlpp_min_learning_rate=0.001"], None),
 }
 
 # iMAML paper, Figure 2: Omniglot 20-way 5-shot, one task per meta-batch, growing inner steps.

@@ -101,13 +101,14 @@ def meta_learner(model: keras.Model, algorithm: str = "maml", *, loss=None, metr
 
 
 class FastModel:
-    """A model with adapted (fast) weights: `predict(x)` and `__call__(x)` run it without touching the original."""
+    """A model with adapted (fast) weights: `predict(x)` and `__call__(x)` run it without touching the original.
+    `step`: the last inner step taken, for a model whose `call` takes `step` (MAML++'s per-step batch norm)."""
 
-    def __init__(self, model: keras.Model, weights: Sequence, training: bool):
-        self.model, self.weights, self.training = model, list(weights), training
+    def __init__(self, model: keras.Model, weights: Sequence, training: bool, step: Optional[int] = None):
+        self.model, self.weights, self.training, self.step = model, list(weights), training, step
 
     def __call__(self, x):
-        return functional_call(self.model, self.weights, x, training=self.training)
+        return functional_call(self.model, self.weights, x, training=self.training, step=self.step)
 
     def predict(self, x):
         """Outputs as numpy arrays."""
@@ -239,7 +240,9 @@ class MetaModel(keras.Model):
 
     def adapted_model(self, support_x, support_y, steps: Optional[int] = None) -> FastModel:
         """A `FastModel` (with `predict`) adapted to one support set; the meta-parameters are untouched."""
-        return FastModel(self.base_model, self.adapt(support_x, support_y, steps), self.learner.training)
+        steps = steps or getattr(self.learner, "num_inner_steps", None)
+        return FastModel(self.base_model, self.adapt(support_x, support_y, steps), self.learner.training,
+                         None if steps is None else steps - 1)
 
     def evaluate_tasks(self, batch, steps: Optional[int] = None) -> Dict[str, object]:
         """Mean over the tasks of `batch` of the query loss and metrics before and after each inner step.

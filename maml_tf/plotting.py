@@ -44,3 +44,36 @@ def plot_sinusoid(config, algo, path: str, seed: int = 0, steps=(1, 10)) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_learning_curves(runs: dict, path: str, title: str = "") -> str:
+    """Validation accuracy (MSE) at the end of each epoch against iterations and against training time, one
+    line per run. `runs`: `{label: experiment folder}` (each with the `epochs.json` training writes).
+
+    Returns:
+      `path`.
+    """
+    import json
+    import os
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    metric = "accuracy"
+    for label, folder in runs.items():
+        with open(os.path.join(folder, "epochs.json")) as f:
+            data = json.load(f)
+        metric, records = data["metric"], data["epochs"]
+        values = [100 * r["val"] if metric == "accuracy" else r["val"] for r in records]
+        axes[0].plot([r["iteration"] for r in records], values, "o-", label=label)
+        axes[1].plot([r["train_seconds"] / 60 for r in records], values, "o-", label=label)
+    axes[0].set_xlabel("meta-iterations")
+    axes[1].set_xlabel("training time (minutes)")
+    axes[0].set_ylabel(f"validation {metric}" + (" (%)" if metric == "accuracy" else ""))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

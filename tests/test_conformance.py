@@ -22,6 +22,7 @@ OPTIONS = {
     "imaml": dict(n_steps=3, cg_steps=2, inner_lr=0.02, lam=1.0, meta_lr=0.05),
     "meta_sgd": dict(num_inner_steps=1, meta_lr=0.01, init_low=0.01, init_high=0.03, seed=1),
     "anil": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01),
+    "maml++": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, iterations_per_epoch=10),
 }
 
 

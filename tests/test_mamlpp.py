@@ -14,7 +14,7 @@ from maml_tf import losses, networks, train
 from maml_tf.algorithms import MAML, MAMLPlusPlus, TaskBatch
 from maml_tf.config import Config
 from maml_tf.core import objective
-from maml_tf.core.outer import cosine_annealing
+from maml_tf.core.outer import CosineAnnealing, cosine_annealing
 from maml_tf.functional import functional_call
 from maml_tf.networks import PerStepBatchNorm, PerStepNetwork, collect_moments
 
@@ -151,12 +151,11 @@ def test_ca_sets_the_meta_step_size_to_the_cosine_of_the_epoch():
     assert float(cosine_annealing(25, 10, 1e-3, 1e-5)) == pytest.approx(1e-5, rel=1e-12)
     pp = MAMLPlusPlus(fc64(), losses.mse, **plain(cosine_annealing=True, total_epochs=3, meta_lr=0.01,
                                                   min_meta_lr=0.001))
-    for itr in range(7):
-        pp.train_step(batch64(seed=itr))
-        epoch = itr // 2
-        expected = 0.001 + 0.009 * (1 + math.cos(math.pi * min(epoch, 3) / 3)) / 2
+    for itr in range(7):  # The step size of update `itr` (before it): the cosine at its epoch.
+        expected = 0.001 + 0.009 * (1 + math.cos(math.pi * min(itr // 2, 3) / 3)) / 2
         assert float(pp.optimizer.learning_rate) == pytest.approx(expected, rel=1e-6)
-    assert int(pp.iterations.numpy()) == 7
+        pp.train_step(batch64(seed=itr))
+    assert int(pp.iterations.numpy()) == 7 and int(pp.optimizer.iterations.numpy()) == 7
 
 
 # ----------------------------------------------------------- BNRS, BNWB
@@ -306,3 +305,35 @@ def test_cli_refuses_to_resume_maml_plus_plus_with_another_length(tmp_path):
     train.run(Config(**flags))
     with pytest.raises(train.TrainingError, match="metatrain_iterations"):
         train.run(Config(**{**flags, "metatrain_iterations": 4}))
+
+
+def test_metamodel_fit_anneals_saves_and_adapts_with_the_last_steps_batch_norm(tmp_path):
+    from maml_tf import MetaModel
+    from maml_tf.data.tasks import classification_tasks
+
+    rng = np.random.default_rng(5)
+    x = rng.random((90, 8, 8, 1)).astype("float32")
+    tasks = classification_tasks(x, np.repeat(np.arange(9), 10), num_ways=3, num_shots=2, num_query=2,
+                                 meta_batch_size=2, seed=0)
+    keras.utils.set_random_seed(0)
+    model = PerStepNetwork((8, 8, 1), 3, [4, 4], 2)
+    meta = MetaModel(model, "mamlpp", loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                     metrics=["accuracy"], num_inner_steps=2, iterations_per_epoch=2,
+                     first_order_to_second_order_epoch=0)
+    meta.compile(optimizer=keras.optimizers.Adam(CosineAnnealing(0.01, 0.001, total_epochs=3, iterations_per_epoch=2)))
+    history = meta.fit(tasks, epochs=1, steps_per_epoch=5, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and int(meta.learner.iterations.numpy()) == 5
+    assert float(meta.optimizer.learning_rate) == pytest.approx(float(cosine_annealing(2, 3, 0.01, 0.001)))
+    assert not np.allclose(model.norm0.moving_mean.numpy(), 0.0)  # Running statistics were collected.
+    meta.save(tmp_path / "meta.keras")
+    loaded = keras.models.load_model(tmp_path / "meta.keras")
+    assert int(loaded.learner.iterations.numpy()) == 5
+    batch = TaskBatch(*next(iter(tasks)))
+    fast = meta.adapted_model(batch.support_x[0], batch.support_y[0])
+    assert fast.step == 1  # Predictions after 2 steps use the batch norm of step 2 (index 1), as the query pass.
+    meta.learner.return_outputs = True  # (The library's default leaves them out.)
+    np.testing.assert_allclose(fast.predict(batch.query_x[0]),
+                               meta.learner.evaluate(batch, 2)["query_outputs"][0, -1].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.predict(batch.query_x[0]),
+                               loaded.adapted_model(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0]),
+                               rtol=1e-5, atol=1e-6)

@@ -74,7 +74,8 @@ class MetaLearner:
         self.dtype = model.trainable_variables[0].dtype  # Losses and results are computed in this dtype.
         self.loss_scale = DynamicLossScale() if computes_in_float16(model) else None
         self.execution = execution or Execution(model, batch_tasks=False)
-        self.meta_parameters = MetaParameters(name=f"{self.name}_meta_parameters", dtype=self.dtype)
+        self.meta_parameters = MetaParameters(name=f"{self.name.replace('+', 'p')}_meta_parameters",  # maml++
+                                              dtype=self.dtype)
         self.meta_parameters.built = True
         self.jit_compile = False
 

@@ -19,7 +19,9 @@ template, switchable on its own:
   inner step (`core.inner.learned_sgd(per_step=True)`), initialised to
   `inner_lr` (the authors' `task_learning_rate`, 0.1); frozen at it when off.
 - CA (`cosine_annealing`): the meta step size follows the cosine from
-  `meta_lr` to `min_meta_lr` over `total_epochs` (`core.outer.cosine_annealing`).
+  `meta_lr` to `min_meta_lr` over `total_epochs`: the default outer Adam's
+  schedule (`core.outer.CosineAnnealing`; with `MetaModel`, compile with
+  `keras.optimizers.Adam(CosineAnnealing(...))`).
 
 Epochs are `iterations_per_epoch` meta-updates, counted by `iterations`, a
 meta-parameter saved with the checkpoints (so a resumed run continues every
@@ -57,11 +59,11 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.maml import MAML
+from maml_tf.algorithms.maml import MAML, tf1_adam
 from maml_tf.core import objective
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, learned_sgd
-from maml_tf.core.outer import cosine_annealing
+from maml_tf.core.outer import CosineAnnealing
 from maml_tf.networks import PerStepBatchNorm, collect_moments
 
 
@@ -75,7 +77,7 @@ class MAMLPlusPlus(MAML):
       msl, msl_epochs: multi-step loss, annealed over this many epochs.
       lslr: meta-learn per-layer per-step inner step sizes (False: frozen at `inner_lr`).
       first_order_to_second_order_epoch: first order up to this epoch (-1: never).
-      cosine_annealing, total_epochs, min_meta_lr: the meta step size's schedule.
+      cosine_annealing, total_epochs, min_meta_lr: the meta step size's schedule (of the default optimiser).
       iterations_per_epoch: meta-updates per epoch (the authors' `total_iter_per_epoch`).
       transductive: evaluate with batch statistics (the authors' code); False:
         with the per-step running statistics.
@@ -94,13 +96,15 @@ class MAMLPlusPlus(MAML):
             raise ValueError("iterations_per_epoch, total_epochs and msl_epochs must be at least 1.")
         self.msl, self.msl_epochs, self.lslr = bool(msl), int(msl_epochs), bool(lslr)
         self.da_epoch = int(first_order_to_second_order_epoch)
-        self.cosine_annealing, self.total_epochs = bool(cosine_annealing), int(total_epochs)
-        self.min_meta_lr, self.meta_lr = float(min_meta_lr), float(meta_lr)
+        self.total_epochs = int(total_epochs)
         self.iterations_per_epoch, self.transductive = int(iterations_per_epoch), bool(transductive)
         self.norms = [layer for layer in model._flatten_layers(include_self=False)
                       if isinstance(layer, PerStepBatchNorm)]
         self._phase = None  # (second order, multi-step loss) while a train step is traced.
         self._moment_rows = []
+        if cosine_annealing and maml_options.get("optimizer") is None:
+            maml_options["optimizer"] = tf1_adam(CosineAnnealing(meta_lr, min_meta_lr, total_epochs,
+                                                                 iterations_per_epoch))
         super().__init__(model, loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps, meta_lr=meta_lr,
                          **maml_options)
 
@@ -172,9 +176,6 @@ class MAMLPlusPlus(MAML):
         """`(second order, multi-step loss)` at `epoch`."""
         return not self.first_order and epoch > self.da_epoch, self.msl and epoch < self.msl_epochs
 
-    def meta_lr_at(self, epoch):
-        return cosine_annealing(epoch, self.total_epochs, self.meta_lr, self.min_meta_lr)
-
     @contextlib.contextmanager
     def _tracing(self, phase: tuple):
         saved = self._phase, self.first_order
@@ -209,9 +210,7 @@ class MAMLPlusPlus(MAML):
         return grads, results
 
     def outer_step(self, grads, optimizer) -> dict:
-        """Sets the annealed meta step size (CA), applies the update, counts it."""
-        if self.cosine_annealing:
-            optimizer.learning_rate = tf.cast(self.meta_lr_at(self.epoch_tensor()), tf.float32)
+        """The update, counted (the epochs of MSL and DA)."""
         results = super().outer_step(grads, optimizer)
         self.iterations.assign_add(1)
         return results

@@ -86,6 +86,7 @@ def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = N
     return {"loss_scale": used, "update_skipped": tf.logical_not(loss_scale.update(grads, apply))}
 
 
+
 def cosine_annealing(epoch, total_epochs: int, base: float, minimum: float):
     """The meta step size at `epoch` under cosine annealing (MAML++'s CA; PyTorch's `CosineAnnealingLR` with
     `T_max=total_epochs`, `eta_min=minimum`, stepped by epoch, in closed form):
@@ -94,3 +95,22 @@ def cosine_annealing(epoch, total_epochs: int, base: float, minimum: float):
     epoch = tf.minimum(tf.cast(epoch, tf.float64), float(total_epochs))
     return minimum + (base - minimum) * (1.0 + tf.cos(tf.constant(3.141592653589793, tf.float64) * epoch
                                                       / float(total_epochs))) / 2.0
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class CosineAnnealing(keras.optimizers.schedules.LearningRateSchedule):
+    """`cosine_annealing` as a Keras schedule of the optimiser's update count: constant within each epoch of
+    `iterations_per_epoch` updates. Give it to the outer optimiser (`keras.optimizers.Adam(CosineAnnealing(...))`);
+    the count is in the optimiser's checkpointed state, so a resumed run continues the schedule."""
+
+    def __init__(self, base: float, minimum: float, total_epochs: int, iterations_per_epoch: int):
+        self.base, self.minimum = float(base), float(minimum)
+        self.total_epochs, self.iterations_per_epoch = int(total_epochs), int(iterations_per_epoch)
+
+    def __call__(self, step):
+        epoch = tf.cast(step, tf.int64) // self.iterations_per_epoch
+        return tf.cast(cosine_annealing(epoch, self.total_epochs, self.base, self.minimum), tf.float32)
+
+    def get_config(self):
+        return {"base": self.base, "minimum": self.minimum, "total_epochs": self.total_epochs,
+                "iterations_per_epoch": self.iterations_per_epoch}
