@@ -136,11 +136,12 @@ class Config:
             raise ConfigError(f"--baseline must be 'oracle' or unset; got {self.baseline!r}.")
         if self.baseline == "oracle" and self.datasource != "sinusoid":
             raise ConfigError("--baseline=oracle needs --datasource=sinusoid (it appends amplitude and phase to x).")
-        for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
+        for name in ("num_classes", "meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks",
+                     "val_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}.")
         for name in ("task_groups", "intra_op_threads", "batched_conv_max_support", "epoch_iterations", "keep_best",
-                     "test_ensemble", "val_tasks"):
+                     "test_ensemble"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be 0 or more; got {getattr(self, name)}.")
         for name in ("pretrain_iterations", "metatrain_iterations"):

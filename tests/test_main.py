@@ -90,6 +90,9 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     (["--meta_batch_size=-2"], "meta_batch_size"),
     (["--algorithm=reptile", "--reptile_foml_tail=1"], "--reptile_foml"),
     (["--algorithm=reptile", "--pretrain_iterations=5"], "pretrain_iterations"),
+    (["--algorithm=maml++", "--norm=layer_norm"], "batch norm"),
+    (["--algorithm=mamlpp", "--mamlpp_multi_step_loss_num_epochs=0"], "--mamlpp_multi_step_loss_num_epochs"),
+    (["--val_tasks=0"], "--val_tasks"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
     proc = run_main(*flags, check=False)

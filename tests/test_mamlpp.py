@@ -10,25 +10,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses, networks, train
+from maml_tf import losses, train
 from maml_tf.algorithms import MAML, MAMLPlusPlus, TaskBatch
 from maml_tf.config import Config
 from maml_tf.core import objective
 from maml_tf.core.outer import CosineAnnealing, cosine_annealing
 from maml_tf.functional import functional_call
 from maml_tf.networks import PerStepBatchNorm, PerStepNetwork, collect_moments
-
-
-def fc64():
-    keras.utils.set_random_seed(0)
-    return networks.build_fc((1,), 1, [6, 5], "None", dtype="float64")
-
-
-def batch64(tasks=3, n=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = lambda: tf.constant(rng.uniform(-3, 3, (tasks, n, 1)))  # noqa: E731
-    sx, qx = x(), x()
-    return TaskBatch(sx, tf.sin(sx), qx, tf.sin(qx))
+from tests.conftest import shared_path
+from tests.test_meta_sgd_anil import batch64, fc64
 
 
 def plain(**kwargs):
@@ -337,3 +327,17 @@ def test_metamodel_fit_anneals_saves_and_adapts_with_the_last_steps_batch_norm(t
     np.testing.assert_allclose(fast.predict(batch.query_x[0]),
                                loaded.adapted_model(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cli_omniglot_trains_and_tests_the_authors_network(tmp_path):
+    tfds_dir = shared_path("data", "tfds", "omniglot")
+    config = Config(datasource="omniglot", omniglot_source="tfds", tfds_data_dir=str(tfds_dir.parent),
+                    algorithm="maml++", num_classes=3, update_batch_size=1, num_updates=2, meta_batch_size=2,
+                    metatrain_iterations=4, epoch_iterations=2, val_tasks=4, num_test_tasks=3, mamlpp_filters=8,
+                    logdir=str(tmp_path), progress=False, log=False)
+    train.run(config)
+    result = train.run(Config(**{**config.flat(), "train": False, "test_set": True}))
+    assert result["values"].shape == (3, 3)  # Before adaptation and after each of the 2 trained steps.
+    assert result["ensemble"]["epochs"] and 0 <= result["ensemble"]["ensemble"]["mean"] <= 1
+    model = train.build_algorithm(config).model
+    assert isinstance(model, PerStepNetwork) and model.norm0.gamma.shape == (2, 8)
