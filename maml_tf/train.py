@@ -29,6 +29,7 @@ import tensorflow as tf
 from maml_tf import algorithms
 from maml_tf.config import Config
 from maml_tf.data import make_tasks
+from maml_tf.types import TaskBatch
 
 SUMMARY_INTERVAL = 100
 SAVE_INTERVAL = 1000
@@ -150,13 +151,15 @@ class Epochs:
         self.seconds = self.records[-1]["train_seconds"] if self.records else 0.0
 
     def validate(self) -> float:
-        """Mean query accuracy (MSE) over the validation tasks after `num_updates` steps."""
+        """Mean query accuracy (MSE) over the `--val_tasks` validation tasks after `num_updates` steps."""
         config = self.config
-        batches = math.ceil(config.val_tasks / config.meta_batch_size)
-        key = "total_accuracies2" if config.classification else "total_losses2"
-        values = [float(self.algo.evaluate(b, config.num_updates)[key][config.num_updates - 1])
-                  for b in make_tasks(config, "val", TEST_SEED).batches(config.meta_batch_size, batches)]
-        return float(np.mean(values))
+        size, key = config.meta_batch_size, "total_accuracies2" if config.classification else "total_losses2"
+        total, left = 0.0, config.val_tasks
+        for batch in make_tasks(config, "val", TEST_SEED).batches(size, math.ceil(left / size)):
+            n = min(size, left)  # The last meta-batch is cut to the number of tasks asked for.
+            result = self.algo.evaluate(TaskBatch(*[t[:n] for t in batch]), config.num_updates)
+            total, left = total + n * float(result[key][config.num_updates - 1]), left - n
+        return total / config.val_tasks
 
     def end(self, epoch: int, iteration: int, train_seconds: float) -> None:
         """Validates, saves the epoch's checkpoint, drops those past the best `keep_best`, writes the records."""

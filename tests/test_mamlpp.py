@@ -242,7 +242,7 @@ def test_maml_plus_plus_reduces_to_maml_on_a_network_without_per_step_parameters
 # ------------------------------------------------------ main.py: epochs
 def test_cli_epochs_validate_keep_the_best_and_test_the_ensemble(tmp_path):
     config = Config(datasource="sinusoid", algorithm="mamlpp", norm="batch_norm", num_updates=2, meta_batch_size=4,
-                    metatrain_iterations=12, epoch_iterations=3, val_tasks=8, keep_best=2, test_ensemble=2,
+                    metatrain_iterations=12, epoch_iterations=3, val_tasks=6, keep_best=2, test_ensemble=2,
                     num_test_tasks=10, logdir=str(tmp_path), progress=False, log=False)
     algo = train.build_algorithm(config)
     assert isinstance(algo.model, PerStepNetwork) and algo.iterations_per_epoch == 3 and algo.total_epochs == 4
