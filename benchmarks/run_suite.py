@@ -65,6 +65,9 @@ SPEED = {
     "omniglot5_mamlpp": ("omniglot5", MAMLPP + ["meta_batch_size=8"], None),
     "omniglot5_mamlpp_last_step": ("omniglot5", MAMLPP + ["meta_batch_size=8", "mamlpp_msl=False"], None),
     "omniglot5_maml_b8_5steps": ("omniglot5", ["meta_batch_size=8", "num_updates=5", "update_lr=0.1"], None),
+    "omniglot5_mamlpp_all_off": ("omniglot5", MAMLPP + ["meta_batch_size=8", "mamlpp_msl=False", "mamlpp_lslr=False",
+                                                        "mamlpp_bnrs=False", "mamlpp_bnwb=False", "mamlpp_ca=False"],
+                                 None),
     "omniglot20_mamlpp": ("omniglot20", MAMLPP + ["meta_batch_size=8"], None),
     "miniimagenet_mamlpp": ("miniimagenet", MAMLPP + ["meta_batch_size=2", "mamlpp_min_learning_rate=0.001"], None),
 }
