@@ -524,20 +524,20 @@ def test_ensemble(config: Config, algo, directory: str, split: str) -> Dict[str,
         print("No epoch checkpoint to ensemble (--keep_best=0?).")
         return {}
     num_steps = config.num_steps_reported
-    outputs, labels = [], None
+    batches = list(make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks))  # Drawn once for all.
+    labels = np.stack([np.asarray(batch.query_y[0]) for batch in batches])
+    outputs = []
     for record in chosen:
         tf.train.Checkpoint(**algo.checkpoint_objects()).read(
             os.path.join(directory, "epochs", record["checkpoint"])).expect_partial()
-        per_task, per_label = [], []
-        for batch in make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks):
+        per_task = []
+        for batch in batches:
             results = algo.evaluate(batch, num_steps)
             if "query_outputs" not in results:
                 print(f"No ensemble: --algorithm={config.algorithm}'s evaluation does not return its outputs.")
                 return {}
             per_task.append(results["query_outputs"][0, -1].numpy())
-            per_label.append(batch.query_y[0])
         outputs.append(np.stack(per_task))
-        labels = np.stack(per_label)
 
     def score(out):
         if config.classification:
