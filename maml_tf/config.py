@@ -34,7 +34,8 @@ class Config:
     """
 
     # Dataset / method (the original's).
-    datasource: str = option("sinusoid", "sinusoid or omniglot or miniimagenet", choices=tuple(DATASOURCES))
+    datasource: str = option("sinusoid", "sinusoid, bmaml_sinusoid, sine_line (regression), omniglot or "
+                                                "miniimagenet (docs/data.md)", choices=tuple(DATASOURCES))
     num_classes: int = option(5, "number of classes used in classification (e.g. 5-way classification).")
     baseline: Optional[str] = option(None, "oracle, or None")
     algorithm: str = option("maml", "meta-learning algorithm (docs/algorithms/).", choices=tuple(algorithms.ALGORITHMS))

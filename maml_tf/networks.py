@@ -447,7 +447,8 @@ def _norm_layer(norm: str, scope: str, dtype):
 
 
 # ------------------------------------------------------------------- networks
-def build_fc(input_shape, dim_output: int, hidden: Sequence[int], norm: str, dtype="float32") -> keras.Model:
+def build_fc(input_shape, dim_output: int, hidden: Sequence[int], norm: str, dtype="float32",
+             kernel_initializer=None, bias_initializer="zeros") -> keras.Model:
     """The original `construct_fc_weights`/`forward_fc`.
 
     Dense layers with truncated-normal (stddev 0.01) weights and zero biases,
@@ -461,22 +462,26 @@ def build_fc(input_shape, dim_output: int, hidden: Sequence[int], norm: str, dty
       norm: 'batch_norm', 'layer_norm' or 'None'.
       dtype: variable and compute dtype, or a Keras dtype policy name
         (e.g. 'mixed_float16': float32 variables, float16 computation).
+      kernel_initializer, bias_initializer: another initialisation (BMAML's
+        particles: Glorot-normal kernels, N(0, 0.01) biases); default the original's.
 
     Returns:
       A built `keras.Model`.
     """
-    init = keras.initializers.TruncatedNormal(stddev=0.01)
+    init = kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.01)
     inputs = keras.Input(shape=tuple(input_shape), dtype=keras.DTypePolicy(dtype).variable_dtype)
     h = inputs
     if len(input_shape) > 1:
         h = keras.layers.Flatten(dtype=dtype)(h)
     for i, units in enumerate(hidden):
-        h = keras.layers.Dense(units, kernel_initializer=init, name=f"dense{i + 1}", dtype=dtype)(h)
+        h = keras.layers.Dense(units, kernel_initializer=init, bias_initializer=bias_initializer, name=f"dense{i + 1}",
+                               dtype=dtype)(h)
         layer = _norm_layer(norm, "0" if i == 0 else str(i + 1), dtype)
         if layer is not None:
             h = layer(h)
         h = keras.layers.ReLU(dtype=dtype)(h)
-    out = keras.layers.Dense(dim_output, kernel_initializer=init, name=f"dense{len(hidden) + 1}", dtype=dtype)(h)
+    out = keras.layers.Dense(dim_output, kernel_initializer=init, bias_initializer=bias_initializer,
+                             name=f"dense{len(hidden) + 1}", dtype=dtype)(h)
     return keras.Model(inputs, out, name="fc")
 
 

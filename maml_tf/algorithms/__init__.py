@@ -39,6 +39,9 @@ ALGORITHMS: Dict[str, AlgorithmEntry] = {
     "anil": AlgorithmEntry("maml_tf.algorithms.anil:ANIL", _options.ANILOptions, "anil"),
     "maml++": AlgorithmEntry("maml_tf.algorithms.mamlpp:MAMLPlusPlus", _options.MAMLPPOptions, "mamlpp",
                              aliases=("mamlpp", "maml_pp")),
+    "bmaml": AlgorithmEntry("maml_tf.algorithms.bmaml:BMAML", _options.BMAMLOptions, "bmaml"),
+    "emaml": AlgorithmEntry("maml_tf.algorithms.bmaml:EMAML", _options.EMAMLOptions, "emaml"),
+    "platipus": AlgorithmEntry("maml_tf.algorithms.platipus:PLATIPUS", _options.PLATIPUSOptions, "platipus"),
 }
 
 

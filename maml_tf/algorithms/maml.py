@@ -73,7 +73,7 @@ class MAML(MetaLearner):
     """
 
     name = "maml"
-    compiled_steps = ("train_step", "pretrain_step", "evaluate")
+    compiled_steps = ("train_step", "pretrain_step", "evaluate", "predictive")
     library_defaults = {"return_outputs": False}  # Any output structure; the library does not need the outputs.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
@@ -172,6 +172,15 @@ class MAML(MetaLearner):
         view = TaskView(self)
         steps = self.num_inner_steps if steps is None else steps
         return inner_loop(view, weights, self.inner_optimizer(view, own), (support_x, support_y), steps).weights
+
+    def _predictive(self, support_x, support_y, x, steps: Optional[int] = None, num_samples: Optional[int] = None):
+        """`(outputs [S, N, ...], noise_std)`: the predictive samples on `x` after adapting to one task's support
+        set (`maml_tf.uncertainty`). MAML: one sample, its point estimate, and no noise model (None);
+        BMAML/EMAML: the particles; PLATIPUS: `num_samples` draws. `steps` defaults to `num_inner_steps`."""
+        del num_samples
+        steps = self.num_inner_steps if steps is None else steps
+        weights = self.adapt(support_x, support_y, steps)
+        return self.forward(weights, x, step=steps - 1)[None], None
 
     # ------------------------------------------------------------ meta-batch
     def batch_forward(self, params: Sequence, batch: TaskBatch, num_steps: Optional[int],

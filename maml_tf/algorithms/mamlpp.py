@@ -85,7 +85,7 @@ class MAMLPlusPlus(MAML):
     """
 
     name = "maml++"
-    compiled_steps = ("evaluate",)  # The train steps are compiled per phase (`train_step`).
+    compiled_steps = ("evaluate", "predictive")  # The train steps are compiled per phase (`train_step`).
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float = 0.1, num_inner_steps: int = 5,
                  msl: bool = True, msl_epochs: int = 10, lslr: bool = True,

@@ -187,3 +187,79 @@ class MAMLPPOptions(AlgorithmOptions):
 
     def epoch_iterations(self, config) -> int:
         return 500
+
+
+@dataclasses.dataclass
+class EMAMLOptions(AlgorithmOptions):
+    """EMAML (Yoon et al. 2018's baseline), `jsikyoon/bmaml`'s `emaml_main.py` defaults. Shared: --num_updates
+    (in_step: 1), --update_lr (in_lr: 1e-3), --meta_lr (1e-3), --meta_batch_size (num_tasks: 10), --stop_grad."""
+
+    fixed_on_resume: ClassVar[Tuple[str, ...]] = ("metatrain_iterations",)  # It sets the step size's decay.
+
+    num_particles: int = option(10, "particles (independent MAML models) of the ensemble.")
+    lr_decay: bool = option(True, "decay the meta step size by 0.98 every 1% of --metatrain_iterations, as the "
+                                  "authors.")
+
+    prefix: ClassVar[str] = "emaml"
+
+    def validate(self, config) -> None:
+        at_least(self, self.prefix, 1, "num_particles")
+
+    def exp_suffix(self, config) -> str:
+        return f".m{self.num_particles}" + ("" if self.lr_decay else ".nodecay")
+
+
+@dataclasses.dataclass
+class BMAMLOptions(EMAMLOptions):
+    """BMAML (Yoon et al. 2018), `jsikyoon/bmaml`'s `bmaml_main.py` defaults. Shared: --num_updates (the
+    chaser's SVGD steps, follow_step: 1), --update_lr (SVGD step size, follow_lr: 1e-3), --meta_lr (1e-3),
+    --meta_batch_size (num_tasks: 10), --stop_grad."""
+
+    prefix: ClassVar[str] = "bmaml"
+
+    leader_steps: int = option(1, "the leader's SVGD steps after the chaser's, on support and query together.")
+    repulsion: float = option(1.0, "scale of SVGD's repulsive (kernel gradient) term: 1 is exact SVGD; the authors' "
+                                   "code uses 0.5.")
+    bandwidth: float = option(0.0, "RBF kernel bandwidth h (0: the median heuristic, median of squared distances "
+                                   "/ log M).")
+    gamma_a: float = option(2.0, "Gamma prior shape of the likelihood's noise precision.")
+    gamma_b: float = option(0.2, "Gamma prior rate of the likelihood's noise precision.")
+    lambda_a: float = option(2.0, "Gamma prior shape of the weight prior's precision.")
+    lambda_b: float = option(2.0, "Gamma prior rate of the weight prior's precision.")
+
+    def validate(self, config) -> None:
+        super().validate(config)
+        at_least(self, "bmaml", 1, "leader_steps")
+        at_least(self, "bmaml", 0, "repulsion", "bandwidth")
+        for name in ("gamma_a", "gamma_b", "lambda_a", "lambda_b"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--bmaml_{name} must be positive; got {getattr(self, name)}.")
+
+    def exp_suffix(self, config) -> str:
+        s = super().exp_suffix(config) + f".lead{self.leader_steps}"
+        s += f".rep{self.repulsion:g}" if self.repulsion != 1 else ""
+        s += f".h{self.bandwidth:g}" if self.bandwidth else ""
+        priors = (self.gamma_a, self.gamma_b, self.lambda_a, self.lambda_b)
+        return s + (".g{:g}-{:g}.l{:g}-{:g}".format(*priors) if priors != (2.0, 0.2, 2.0, 2.0) else "")
+
+
+@dataclasses.dataclass
+class PLATIPUSOptions(AlgorithmOptions):
+    """PLATIPUS (Finn, Xu & Levine 2018; no authors' code: the paper's Algorithm 1). Shared: --num_updates and
+    --update_lr (the inner SGD after sampling), --meta_lr, --meta_batch_size, --stop_grad."""
+
+    num_samples: int = option(10, "weight samples from the prior p at test time (functions per task).")
+    train_samples: int = option(1, "weight samples from q per training task (Algorithm 1: one).")
+    kl_weight: float = option(1.0, "weight of KL(q || p) in the meta-loss (Algorithm 1: 1).")
+    init_log_std: float = option(-4.0, "initial log standard deviation of p (sigma_theta) and q (v_q).")
+    init_gamma: float = option(0.01, "initial learned step sizes gamma_p and gamma_q.")
+
+    def validate(self, config) -> None:
+        at_least(self, "platipus", 1, "num_samples", "train_samples")
+        at_least(self, "platipus", 0, "kl_weight")
+
+    def exp_suffix(self, config) -> str:
+        return (f".kl{self.kl_weight:g}.ts{self.train_samples}.std{self.init_log_std:g}.g{self.init_gamma:g}")
+
+    def test_suffix(self, config) -> str:
+        return f".samples{self.num_samples}"

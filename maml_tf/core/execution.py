@@ -59,6 +59,12 @@ class TaskView:
         fn = self.learner.loss_fn
         return per_task(fn if hasattr(fn, "batched") else self.learner.task_loss, outputs, labels)
 
+    def inner_loss(self, weights: Sequence, x, y, step=None):
+        """`(outputs, loss)` of the inner loop's objective at `weights` (the task loss; BMAML's particle views:
+        a negative log posterior)."""
+        outputs = self.forward(weights, x, step=step)
+        return outputs, self.loss(outputs, y)
+
     def metric(self, outputs, labels):
         if self.network is None:
             return self.learner.metric_fn(outputs, labels)

@@ -104,7 +104,7 @@ def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, 
     """One step of `optimizer` on the loss of `(x, y)` over the adapted entries of `weights`.
 
     Args:
-      view: the `TaskView` (forward pass, loss, gradient, which entries adapt).
+      view: the `TaskView` (the inner loss `view.inner_loss`, the gradient, which entries adapt).
       first_order: stop the gradient through the inner gradient (first-order MAML).
 
     Returns:
@@ -116,8 +116,7 @@ def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, 
     weights = split.replace(weights, adapted)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(adapted)
-        outputs = view.forward(weights, x, step=step)
-        loss = view.loss(outputs, y)
+        outputs, loss = view.inner_loss(weights, x, y, step)
     grads = view.gradient(tape, loss, adapted)
     if first_order:
         grads = [tf.stop_gradient(g) for g in grads]

@@ -49,6 +49,12 @@ class Datasource:
 DATASOURCES: Dict[str, Datasource] = {
     "sinusoid": Datasource("maml_tf.data.sinusoid:sinusoid_tasks", (1,), False, fc_hidden=(40, 40),
                            test_num_updates=(5, 10), print_interval=1000),
+    # BMAML's sinusoids (frequency and phase in [0, 2 pi], 1% noise) with the authors' 3 x 40 network.
+    "bmaml_sinusoid": Datasource("maml_tf.data.regression:bmaml_sinusoid_tasks", (1,), False, fc_hidden=(40, 40, 40),
+                                 test_num_updates=(5, 10), print_interval=1000),
+    # PLATIPUS's ambiguous regression: sines or lines, noise 0.3.
+    "sine_line": Datasource("maml_tf.data.regression:sine_line_tasks", (1,), False, fc_hidden=(40, 40),
+                            test_num_updates=(5, 10), print_interval=1000),
     "omniglot": Datasource("maml_tf.data.omniglot:omniglot_tasks", (28, 28, 1), True),
     "miniimagenet": Datasource("maml_tf.data.miniimagenet:miniimagenet_tasks", (84, 84, 3), True,
                                conv_head="flatten", test_num_updates=(1, 10), clip_value=10.0,

@@ -471,7 +471,7 @@ def make_image_tasks(config, split: str, seed: Optional[int], *, tfds_download: 
     from maml_tf.data import DATASOURCES  # The registry names each datasource's builder.
 
     entry = DATASOURCES.get(config.datasource)
-    if entry is None or config.datasource == "sinusoid":
+    if entry is None or not entry.classification:
         raise ValueError(f"No image tasks for datasource {config.datasource!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")

@@ -10,11 +10,16 @@ protocol seeds 1).
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
+from maml_tf.data.regression import Family, FunctionTask
 from maml_tf.types import TaskBatch
+
+# The original's sinusoid as a function family (no observation noise), for the uncertainty measures and plots.
+ORIGINAL_SINE = Family("sine", {"amplitude": (0.1, 5.0), "phase": (0.0, np.pi)},
+                       lambda x, amplitude, phase: amplitude * np.sin(x - phase), lambda p: 0.0)
 
 
 class SinusoidTasks:
@@ -51,6 +56,20 @@ class SinusoidTasks:
             x[t] = self.rng.uniform(self.input_range[0], self.input_range[1], [self.num_points, 1])
             y[t] = amp[t] * np.sin(x[t] - phase[t])
         return x, y, amp, phase
+
+    def sample_tasks(self, num_tasks: int, num_query: Optional[int] = None) -> List[FunctionTask]:
+        """`num_tasks` tasks with their descriptions (`maml_tf.data.regression.FunctionTask`, noise 0), drawn as
+        `sample` draws them; `num_query` held-out points each (default the source's)."""
+        if self.oracle:
+            raise ValueError("The oracle's inputs carry amplitude and phase; its tasks have no function description.")
+        saved = self.num_points
+        self.num_points = self.num_support + (saved - self.num_support if num_query is None else num_query)
+        try:
+            x, y, amp, phase = self.sample(num_tasks)
+        finally:
+            self.num_points = saved
+        return [FunctionTask(ORIGINAL_SINE, {"amplitude": float(a), "phase": float(p)}, 0.0, xi, yi, self.num_support)
+                for a, p, xi, yi in zip(amp, phase, x, y)]
 
     def to_inputs(self, x, amp, phase):
         """Model inputs for points `x` [batch, n, 1]: x itself, or x with amplitude and phase (oracle)."""
