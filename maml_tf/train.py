@@ -514,13 +514,13 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
 
 def test_predictive(config: Config, algo, stem: str, split: str) -> Dict[str, object]:
     """Regression: the predictive distribution's measures (`maml_tf.uncertainty`) on the same tasks as `test`,
-    after the last reported step, written to `<stem>.uncertainty.json`, and its samples on four tasks
+    after as many inner steps as training took (`--num_updates`), written to `<stem>.uncertainty.json`, and its samples on four tasks
     (`<stem>.samples.png`)."""
     from maml_tf import uncertainty  # matplotlib only when needed.
 
     source = make_tasks(config, split, TEST_SEED)
     tasks = [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]  # As `batches` draws.
-    steps = config.num_steps_reported
+    steps = config.num_updates
     result = uncertainty.evaluate_regression(algo, tasks, steps)
     uncertainty.report(result, stem + ".uncertainty.json")
     figure = uncertainty.plot_samples(algo, tasks[:4], stem + ".samples.png", steps,
