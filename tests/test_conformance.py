@@ -23,6 +23,9 @@ OPTIONS = {
     "meta_sgd": dict(num_inner_steps=1, meta_lr=0.01, init_low=0.01, init_high=0.03, seed=1),
     "anil": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01),
     "maml++": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, iterations_per_epoch=10),
+    "bmaml": dict(inner_lr=1e-3, num_inner_steps=1, meta_lr=0.03, num_particles=3, seed=1),
+    "emaml": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_particles=3, seed=1),
+    "platipus": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_samples=3, seed=1),
 }
 
 

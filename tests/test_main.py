@@ -93,6 +93,9 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     (["--algorithm=maml++", "--norm=layer_norm"], "batch norm"),
     (["--algorithm=mamlpp", "--mamlpp_multi_step_loss_num_epochs=0"], "--mamlpp_multi_step_loss_num_epochs"),
     (["--val_tasks=0"], "--val_tasks"),
+    (["--algorithm=bmaml", "--bmaml_num_particles=0"], "--bmaml_num_particles"),
+    (["--algorithm=bmaml", "--bmaml_gamma_b=0"], "--bmaml_gamma_b"),
+    (["--algorithm=platipus", "--platipus_kl_weight=-1"], "--platipus_kl_weight"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
     proc = run_main(*flags, check=False)

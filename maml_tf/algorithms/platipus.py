@@ -130,7 +130,8 @@ class PLATIPUS(EMAML):
         if self._training_pass:
             mean_q = self.gradient_step(weights, *query, gamma_q)
             theta = gaussian.sample(mean_q, log_v_q, self.train_samples, self.rng)
-            prior_term = self.kl_weight * gaussian.kl_diagonal(mean_q, log_v_q, mean_p, log_sigma)
+            prior_term = self.kl_weight * gaussian.kl_diagonal(mean_q, log_v_q, mean_p, log_sigma) \
+                if self.kl_weight else 0.0  # Not even computed at 0 (variances of 0 would make it inf * 0).
             count = self.train_samples
         else:
             theta, prior_term = gaussian.sample(mean_p, log_sigma, self.num_samples, self.rng), 0.0
