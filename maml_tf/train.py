@@ -503,7 +503,7 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
     out = {"values": values, "means": means, "stds": stds, "ci95": ci95, "csv": stem + ".csv", "pkl": stem + ".pkl"}
     if config.test_ensemble and os.path.exists(os.path.join(directory, "epochs.json")):
         out["ensemble"] = test_ensemble(config, algo, directory, split)
-    if config.datasource == "sinusoid":
+    if config.datasource == "sinusoid" and not hasattr(algo, "adapt_particles"):  # A set of functions: see below.
         from maml_tf.plotting import plot_sinusoid  # matplotlib only when needed.
         out["figure"] = plot_sinusoid(config, algo, os.path.join(directory, config.test_file_stem() + ".png"))
         print(f"Wrote {out['figure']}")
@@ -514,8 +514,8 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
 
 def test_predictive(config: Config, algo, stem: str, split: str) -> Dict[str, object]:
     """Regression: the predictive distribution's measures (`maml_tf.uncertainty`) on the same tasks as `test`,
-    after as many inner steps as training took (`--num_updates`), written to `<stem>.uncertainty.json`, and its samples on four tasks
-    (`<stem>.samples.png`)."""
+    after as many inner steps as training took (`--num_updates`), written to `<stem>.uncertainty.json`, and its
+    samples on four tasks (`<stem>.samples.png`)."""
     from maml_tf import uncertainty  # matplotlib only when needed.
 
     source = make_tasks(config, split, TEST_SEED)

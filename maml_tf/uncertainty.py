@@ -164,15 +164,20 @@ def report(result: Dict[str, object], path: str) -> str:
     for family, stats in result["coverage_by_family"].items():
         print(f"| fits ({family} tasks) | {stats['mean']:.4g} | - |")
     with open(path, "w") as f:
-        json.dump(result, f, indent=1, default=_json_default)
+        json.dump(_finite(result), f, indent=1)
     print(f"Wrote {path}")
     return path
 
 
-def _json_default(value):
+def _finite(value):
+    """`value` with every non-finite float replaced by None (strict JSON; an infinite NLL has no density)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(type(value).__name__)
+    return value
 
 
 def plot_samples(algo, tasks: Sequence, path: str, steps: Optional[int] = None, num_samples: Optional[int] = None,

@@ -154,9 +154,8 @@ class EMAML(MAML):
         """MAML's per-task results for the particle set (outputs and losses are the ensemble's), and the
         meta-objective when the chaser's steps ran (`num_steps == num_inner_steps`)."""
         pview, optimizer = self.particle_view(), self.particle_optimizer()
-        particles, prior_term = self.initial_particles(params, (tasks.support_x, tasks.support_y),
-                                                       (tasks.query_x, tasks.query_y))
         support, query = (tasks.support_x, tasks.support_y), (tasks.query_x, tasks.query_y)
+        particles, prior_term = self.initial_particles(params, support, query)
         # The chaser's steps, then any further reported steps from where it stopped.
         n = min(num_steps, self.num_inner_steps)
         chaser = inner_loop(pview, particles, optimizer, support, n, query=query,
@@ -175,12 +174,18 @@ class EMAML(MAML):
                "query_losses": stack_steps({k: self.task_loss(o, tasks.query_y)
                                             for k, o in query_predictions.items()})}
         if n == self.num_inner_steps and n - 1 in query_outputs:
-            out["objective"] = self.particle_objective(pview, chaser.weights, query_outputs[n - 1], tasks) + prior_term
+            objective = self.particle_objective(pview, chaser.weights, query_outputs[n - 1], tasks)
+            out["objective"] = objective + prior_term
         if self.metric_fn is not None:
             out["support_metric"] = self.metric_fn(support_prediction, tasks.support_y)
             out["query_metrics"] = stack_steps({k: self.metric_fn(o, tasks.query_y)
                                                 for k, o in query_predictions.items()})
         return out
+
+    def adapt(self, support_x, support_y, steps=None, weights=None) -> list:
+        raise NotImplementedError(f"{type(self).__name__} adapts a set of weights, not one: use "
+                                  "adapt_particles(support_x, support_y, steps) (the set, stacked) or "
+                                  "predictive(support_x, support_y, x) (every member's outputs).")
 
     def adapt_particles(self, support_x, support_y, steps: Optional[int] = None) -> list:
         """The particle set (stacked `[M, ...]`) after `steps` inner steps on one task's support set."""

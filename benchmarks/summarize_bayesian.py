@@ -1,0 +1,56 @@
+"""The regression tables of docs/results.md (BMAML, EMAML, PLATIPUS, MAML) from the runs' own test files, and their
+sample figures copied next to the results page.
+
+Usage: python benchmarks/summarize_bayesian.py --runs=LABEL=FOLDER,... [--figures=docs/figures/PREFIX]
+FOLDER: an experiment folder after `main.py --train=False` on a regression datasource (test_*.pkl, the
+predictive measures test_*.uncertainty.json and test_*.samples.png). Each row: the MSE of the prediction (the
+particles' or samples' mean) after 1 and 10 inner steps (the test table), then the predictive measures after the
+trained number of steps, each with its 95% interval over the test tasks.
+"""
+
+import glob
+import json
+import os
+import shutil
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_list("runs", [], "LABEL=FOLDER pairs.")
+flags.DEFINE_string("figures", "", "copy each run's samples figure to <figures>_<label>.png (none if empty).")
+FLAGS = flags.FLAGS
+
+
+def cell(stats, scale=1.0, digits=3):
+    if stats is None or stats.get("mean") is None:
+        return "-"
+    if stats.get("ci95") is None:
+        return f"{scale * stats['mean']:.{digits}g}"
+    return f"{scale * stats['mean']:.{digits}g} +- {scale * stats['ci95']:.2g}"
+
+
+def main(_):
+    import numpy as np
+
+    runs = dict(pair.split("=", 1) for pair in FLAGS.runs)
+    print("| run | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL | function coverage "
+          "| by family |\n|---|---|---|---|---|---|---|---|---|")
+    for label, folder in runs.items():
+        pkl = sorted(glob.glob(os.path.join(folder, "test_*[0-9].pkl")))
+        values = np.load(pkl[0], allow_pickle=True)["mses"]
+        mse = [{"mean": values[:, j].mean(), "ci95": 1.96 * values[:, j].std() / np.sqrt(len(values))}
+               for j in (1, 10)]
+        result = json.load(open(glob.glob(os.path.join(folder, "*.uncertainty.json"))[0]))
+        s = result["summary"]
+        families = ", ".join(f"{name} {100 * v['mean']:.0f}%" for name, v in result["coverage_by_family"].items())
+        print(f"| {label} | {result['samples']} | {cell(mse[0])} | {cell(mse[1])} | {cell(s['mse_true'])} | "
+              f"{cell(s['coverage90'], 100)}% | {cell(s['nll'])} | {cell(s['fits'], 100)}% | {families} |")
+        if FLAGS.figures:
+            figure = glob.glob(os.path.join(folder, "*.samples.png"))[0]
+            shutil.copy(figure, f"{FLAGS.figures}_{label}.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
