@@ -2,7 +2,8 @@
 # BMAML, EMAML, PLATIPUS and MAML on regression (docs/results.md): train ITERS iterations (default 15000), then
 # test on 600 tasks (the MSE table, the predictive measures in test_*.uncertainty.json, the samples figure).
 # Usage: bash benchmarks/bayesian_runs.sh RUN
-#   RUN: {bmaml,emaml,maml,platipus}{5,10} on --datasource=bmaml_sinusoid (K = 5 or 10), or
+#   RUN: {bmaml,emaml,maml,platipus}{5,10} on --datasource=bmaml_sinusoid (K = 5 or 10), bmaml_authors5 (BMAML with
+#        the authors' halved SVGD repulsion, --bmaml_repulsion=0.5), or
 #        sl_{bmaml,emaml,maml,platipus} on --datasource=sine_line (PLATIPUS's ambiguous sines and lines, K = 5).
 # Logs: logs/runs/RUN.log and RUN.test.log; outputs under logs/bayesian/.
 set -uo pipefail
@@ -14,6 +15,7 @@ COMMON="--norm=None --meta_batch_size=10 --metatrain_iterations=$ITERS --progres
 # the same network) with the original sinusoid step size 0.01; PLATIPUS adapts its samples as MAML.
 case $RUN in
   bmaml5|bmaml10)       ALGO="--algorithm=bmaml" ;;
+  bmaml_authors5)       ALGO="--algorithm=bmaml --bmaml_repulsion=0.5" ;;
   emaml5|emaml10)       ALGO="--algorithm=emaml" ;;
   maml5|maml10)         ALGO="--algorithm=emaml --emaml_num_particles=1 --update_lr=0.01" ;;
   platipus5|platipus10) ALGO="--algorithm=platipus --update_lr=0.01" ;;

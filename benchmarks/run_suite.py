@@ -70,6 +70,12 @@ SPEED = {
                                  None),
     "omniglot20_mamlpp": ("omniglot20", MAMLPP + ["meta_batch_size=8"], None),
     "miniimagenet_mamlpp": ("miniimagenet", MAMLPP + ["meta_batch_size=2", "mamlpp_min_learning_rate=0.001"], None),
+    # BMAML's sinusoid config (10 particles, 1 chaser and 1 leader step, meta-batch 10), EMAML and PLATIPUS alike,
+    # and MAML at that meta-batch.
+    "sinusoid_bmaml": ("sinusoid", ["algorithm=bmaml", "meta_batch_size=10", "norm=None"], None),
+    "sinusoid_emaml": ("sinusoid", ["algorithm=emaml", "meta_batch_size=10", "norm=None"], None),
+    "sinusoid_platipus": ("sinusoid", ["algorithm=platipus", "meta_batch_size=10", "norm=None"], None),
+    "sinusoid_maml_b10": ("sinusoid", ["meta_batch_size=10", "norm=None"], None),
 }
 
 # iMAML paper, Figure 2: Omniglot 20-way 5-shot, one task per meta-batch, growing inner steps.

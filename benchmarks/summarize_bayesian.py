@@ -4,7 +4,8 @@ sample figures copied next to the results page.
 Usage: python benchmarks/summarize_bayesian.py --runs=LABEL=FOLDER,... [--figures=docs/figures/PREFIX]
 FOLDER: an experiment folder after `main.py --train=False` on a regression datasource (test_*.pkl, the
 predictive measures test_*.uncertainty.json and test_*.samples.png). Each row: the MSE of the prediction (the
-particles' or samples' mean) after 1 and 10 inner steps (the test table), then the predictive measures after the
+particles' or samples' mean) after 1 and 10 inner steps (the test table; a task whose loss diverged to NaN is
+counted, not averaged), then the predictive measures after the
 trained number of steps, each with its 95% interval over the test tasks.
 """
 
@@ -28,7 +29,8 @@ def cell(stats, scale=1.0, digits=3):
         return "-"
     if stats.get("ci95") is None:
         return f"{scale * stats['mean']:.{digits}g}"
-    return f"{scale * stats['mean']:.{digits}g} +- {scale * stats['ci95']:.2g}"
+    text = f"{scale * stats['mean']:.{digits}g} +- {scale * stats['ci95']:.2g}"
+    return text + (f" ({stats['diverged']} diverged)" if stats.get("diverged") else "")
 
 
 def main(_):
@@ -40,8 +42,11 @@ def main(_):
     for label, folder in runs.items():
         pkl = sorted(glob.glob(os.path.join(folder, "test_*[0-9].pkl")))
         values = np.load(pkl[0], allow_pickle=True)["mses"]
-        mse = [{"mean": values[:, j].mean(), "ci95": 1.96 * values[:, j].std() / np.sqrt(len(values))}
-               for j in (1, 10)]
+        mse = []
+        for j in (1, 10):
+            column = values[:, j][np.isfinite(values[:, j])]  # A diverged task (NaN) is counted, not averaged.
+            mse.append({"mean": column.mean(), "ci95": 1.96 * column.std() / np.sqrt(len(column)),
+                        "diverged": len(values) - len(column)})
         result = json.load(open(glob.glob(os.path.join(folder, "*.uncertainty.json"))[0]))
         s = result["summary"]
         families = ", ".join(f"{name} {100 * v['mean']:.0f}%" for name, v in result["coverage_by_family"].items())
