@@ -69,12 +69,15 @@ def test_svgd_repulsion_keeps_particles_apart_and_its_scale_halves_it():
 
 
 # ------------------------------------------------------------- particles
-def test_particle_forward_batched_equals_one_call_per_particle():
-    model = networks.build_fc((1,), 1, [6, 5], "batch_norm", dtype="float64")
+@pytest.mark.parametrize("conv", [False, True])
+def test_particle_forward_batched_equals_one_call_per_particle(conv):
+    keras.utils.set_random_seed(0)
+    model = networks.build_conv((16, 16, 1), 3, 4, "batch_norm", True, "mean", dtype="float64") if conv else \
+        networks.build_fc((1,), 1, [6, 5], "batch_norm", dtype="float64")
     rng = np.random.default_rng(1)
     particles = [[tf.constant(rng.normal(size=v.shape)) for v in model.trainable_variables] for _ in range(3)]
     learner = MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1)
-    x = tf.constant(rng.normal(size=(4, 1)))
+    x = tf.constant(rng.normal(size=(4,) + tuple(model.input_shape[1:])))
     batched = particle_forward(learner, stack(particles), x).numpy()
     for i, weights in enumerate(particles):
         np.testing.assert_allclose(batched[i], learner.forward(weights, x).numpy(), rtol=1e-12, atol=1e-14)

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 from maml_tf.batched import unsupported_reason
-from maml_tf.functional import task_batched_network
+from maml_tf.functional import takes_argument, task_batched_network
 
 
 def stack(particles: Sequence[Sequence[tf.Tensor]]) -> list:
@@ -35,10 +35,10 @@ def unstack(stacked: Sequence[tf.Tensor], index: int) -> list:
 
 def particle_forward(learner, stacked: Sequence[tf.Tensor], x, *, step=None, differentiated_once: bool = False):
     """Outputs `[M, N, ...]` of each of M particles (`stacked`: entries `[M, ...]` aligned with the model's
-    trainable variables) on the same inputs `x` `[N, ...]`."""
+    trainable variables) on the same inputs `x` `[N, ...]`. `step`: the inner step, for a step-aware model."""
     m = stacked[0].shape[0]
     model = learner.model
-    if step is None and unsupported_reason(model) is None:
+    if unsupported_reason(model) is None and not takes_argument(model, "step"):
         network = task_batched_network(model)
         weights = [_grouped(w) if grouped else w for w, grouped in zip(stacked, network.grouped)]
         inputs = tf.tile(x[None], tf.concat([[m], tf.ones([x.shape.rank], tf.int32)], 0))
@@ -59,7 +59,6 @@ class AllAdapted:
 
     def __init__(self, size: int):
         self.adapted_indices = list(range(size))
-        self.mask = [True] * size
 
     def adapted(self, weights: Sequence) -> list:
         return list(weights)
@@ -78,8 +77,6 @@ class ParticleView:
       energy: `energy(particles, outputs, labels) -> scalar`, the inner loss of the whole set (summed over the
         particles, so that each particle's gradient is its own), e.g. a negative log posterior. Default: the
         task loss of each particle, summed.
-      prediction: how the particles' outputs `[M, N, ...]` combine into the set's prediction (default: their
-        mean, the ensemble).
       split: which entries the inner loop moves (default all; PLATIPUS: the model's `ParameterSplit`, whose
         indices apply to stacked lists alike).
     """
@@ -87,13 +84,12 @@ class ParticleView:
     batched = False
 
     def __init__(self, learner, num_network: int, size: Optional[int] = None, energy: Optional[Callable] = None,
-                 prediction: Optional[Callable] = None, split=None):
+                 split=None):
         self.learner, self.num_network = learner, num_network
         self.split = split or AllAdapted(size or num_network)
         self.dtype = learner.dtype
         self.energy = energy or (lambda particles, outputs, labels: tf.add_n(
             [learner.task_loss(outputs[i], labels) for i in range(outputs.shape[0])]))
-        self.prediction = prediction or (lambda outputs: tf.reduce_mean(outputs, axis=0))
 
     def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
         """`[M, N, ...]`: every particle's outputs on `x`."""
@@ -104,12 +100,14 @@ class ParticleView:
         outputs = self.forward(weights, x, step=step)
         return outputs, self.energy(weights, outputs, y)
 
+    @staticmethod
+    def prediction(outputs):
+        """The set's prediction from its members' outputs `[M, N, ...]`: their mean (the ensemble)."""
+        return tf.reduce_mean(outputs, axis=0)
+
     def loss(self, outputs, labels):
         """The task loss of the set's prediction (the ensemble's query loss)."""
         return self.learner.task_loss(self.prediction(outputs), labels)
-
-    def metric(self, outputs, labels):
-        return self.learner.metric_fn(self.prediction(outputs), labels)
 
     def gradient(self, tape, loss, sources):
         return self.learner.gradient(tape, loss, sources)
