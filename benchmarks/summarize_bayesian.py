@@ -37,8 +37,8 @@ def main(_):
     import numpy as np
 
     runs = dict(pair.split("=", 1) for pair in FLAGS.runs)
-    print("| run | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL | function coverage "
-          "| by family |\n|---|---|---|---|---|---|---|---|---|")
+    print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL | function coverage "
+          "| by family |\n|---|---|---|---|---|---|---|---|---|---|")
     for label, folder in runs.items():
         pkl = sorted(glob.glob(os.path.join(folder, "test_*[0-9].pkl")))
         values = np.load(pkl[0], allow_pickle=True)["mses"]
@@ -50,8 +50,10 @@ def main(_):
         result = json.load(open(glob.glob(os.path.join(folder, "*.uncertainty.json"))[0]))
         s = result["summary"]
         families = ", ".join(f"{name} {100 * v['mean']:.0f}%" for name, v in result["coverage_by_family"].items())
-        print(f"| {label} | {result['samples']} | {cell(mse[0])} | {cell(mse[1])} | {cell(s['mse_true'])} | "
-              f"{cell(s['coverage90'], 100)}% | {cell(s['nll'])} | {cell(s['fits'], 100)}% | {families} |")
+        iterations = json.load(open(os.path.join(folder, "config.json")))["metatrain_iterations"]
+        print(f"| {label} | {iterations:,} | {result['samples']} | {cell(mse[0])} | {cell(mse[1])} | "
+              f"{cell(s['mse_true'])} | {cell(s['coverage90'], 100)}% | {cell(s['nll'])} | {cell(s['fits'], 100)}% | "
+              f"{families} |")
         if FLAGS.figures:
             figure = glob.glob(os.path.join(folder, "*.samples.png"))[0]
             shutil.copy(figure, f"{FLAGS.figures}_{label}.png")
