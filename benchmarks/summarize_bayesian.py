@@ -37,8 +37,8 @@ def main(_):
     import numpy as np
 
     runs = dict(pair.split("=", 1) for pair in FLAGS.runs)
-    print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL | function coverage "
-          "| by family |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL "
+          "| function coverage | by family |\n|---|---|---|---|---|---|---|---|---|---|")
     for label, folder in runs.items():
         pkl = sorted(glob.glob(os.path.join(folder, "test_*[0-9].pkl")))
         values = np.load(pkl[0], allow_pickle=True)["mses"]
