@@ -5,7 +5,7 @@ Usage: python benchmarks/summarize_bayesian.py --runs=LABEL=FOLDER,... [--figure
 FOLDER: an experiment folder after `main.py --train=False` on a regression datasource (test_*.pkl, the
 predictive measures test_*.uncertainty.json and test_*.samples.png). Each row: the MSE of the prediction (the
 particles' or samples' mean) after 1 and 10 inner steps (the test table; a task whose loss diverged to NaN is
-counted, not averaged), then the predictive measures after the
+counted, not averaged) and the median after 10, then the predictive measures after the
 trained number of steps, each with its 95% interval over the test tasks.
 """
 
@@ -37,8 +37,8 @@ def main(_):
     import numpy as np
 
     runs = dict(pair.split("=", 1) for pair in FLAGS.runs)
-    print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | MSE (true f) | 90% coverage | NLL "
-          "| function coverage | by family |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | median, 10 steps | MSE (true f) | 90% coverage "
+          "| NLL | function coverage | by family |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for label, folder in runs.items():
         pkl = sorted(glob.glob(os.path.join(folder, "test_*[0-9].pkl")))
         values = np.load(pkl[0], allow_pickle=True)["mses"]
@@ -51,7 +51,8 @@ def main(_):
         s = result["summary"]
         families = ", ".join(f"{name} {100 * v['mean']:.0f}%" for name, v in result["coverage_by_family"].items())
         iterations = json.load(open(os.path.join(folder, "config.json")))["metatrain_iterations"]
-        print(f"| {label} | {iterations:,} | {result['samples']} | {cell(mse[0])} | {cell(mse[1])} | "
+        median = float(np.median(np.where(np.isnan(values[:, 10]), np.inf, values[:, 10])))
+        print(f"| {label} | {iterations:,} | {result['samples']} | {cell(mse[0])} | {cell(mse[1])} | {median:.3g} | "
               f"{cell(s['mse_true'])} | {cell(s['coverage90'], 100)}% | {cell(s['nll'])} | {cell(s['fits'], 100)}% | "
               f"{families} |")
         if FLAGS.figures:
