@@ -143,6 +143,30 @@ def test_bmaml_log_posterior_is_the_authors_formula():
                                                                batch.support_y[0].numpy()), rtol=1e-12)
 
 
+def test_bmaml_categorical_likelihood_is_the_log_softmax_of_the_labels():
+    keras.utils.set_random_seed(0)
+    model = networks.build_fc((4,), 3, [5], "None", dtype="float64")
+    algo = BMAML(model, losses.mean_xent, metric_fn=losses.accuracy, likelihood="categorical", num_particles=2,
+                 inner_lr=1e-3, num_inner_steps=1, seed=1)
+    rng = np.random.default_rng(0)
+    x, y = tf.constant(rng.normal(size=(6, 4))), tf.constant(np.eye(3)[rng.integers(3, size=6)])
+    particles, _ = algo.initial_particles(algo.params(), (x, y))
+    assert len(particles) == len(model.trainable_variables) + 1  # log lambda only: no noise precision.
+    got = algo.log_posterior(particles, algo.particle_view().forward(particles, x), y).numpy()
+    for m in range(2):
+        w = [p[m].numpy() for p in particles[:-1]]
+        logits = np.maximum(x.numpy() @ w[0] + w[1], 0) @ w[2] + w[3]
+        log_softmax = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+        log_lambda = float(particles[-1][m])
+        lam = math.exp(log_lambda)
+        prior = 0.5 * sum(a.size for a in w) * log_lambda - 0.5 * lam * sum(np.sum(a ** 2) for a in w)
+        prior += (2.0 - 1) * log_lambda - 2.0 * lam + log_lambda
+        np.testing.assert_allclose(got[m], prior + np.sum(y.numpy() * log_softmax), rtol=1e-12)
+    batch = TaskBatch(x[None], y[None], x[None], y[None])
+    grads, results = algo.meta_gradients(batch)
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads) and 0 <= float(results["objective_metric"]) <= 1
+
+
 def test_bmaml_with_one_particle_steps_up_its_log_posterior():
     algo, batch = bmaml64(num_particles=1, inner_lr=1e-4), batch64()
     x, y = batch.support_x[0], batch.support_y[0]
