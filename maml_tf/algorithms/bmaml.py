@@ -29,7 +29,7 @@ with the authors' `a_g, b_g = 2, 0.2`, `a_l, b_l = 2, 2`. Classification
 Prediction: the mean of the particles' outputs. Authors' defaults kept: 10
 particles, one chaser step and one leader step of size 1e-3, second-order
 meta-gradients, the meta step size decayed by 0.98 every 1% of the run,
-log gamma initialised near log(100) and log lambda near 0 (noise 0.001),
+log gamma initialised near log(100) and log lambda near 0 (spread 0.001),
 weights by the network's initialisers (the authors: Xavier; `build_model`
 gives the fc network Glorot-normal kernels and N(0, 0.01) biases).
 
@@ -221,7 +221,7 @@ class BMAML(EMAML):
         particle) or 'categorical' (outputs are logits).
       gamma_prior, lambda_prior: `(a, b)` of the Gamma priors on the noise and
         weight precisions.
-      init_log_gamma, init_log_lambda: means of their initial values (noise std 0.001).
+      init_log_gamma, init_log_lambda: means of their initial values (standard deviation 0.001 across particles).
       **options: `EMAML`'s and `MAML`'s (`inner_lr`: SVGD's step size,
         `num_inner_steps`: the chaser's steps, ...).
     """
