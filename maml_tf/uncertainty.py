@@ -118,7 +118,8 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
       'samples', 'learned_noise', 'level', 'fit_mse'}`.
     """
     grid = np.linspace(*input_range, grid_points)[:, None]
-    rows = {"mse": [], "mse_true": [], f"coverage{int(round(100 * level))}": [], "nll": [], "fits": []}
+    coverage = f"coverage{int(round(100 * level))}"
+    rows = {"mse": [], "mse_true": [], coverage: [], "nll": [], "fits": []}
     families, samples, learned = [], None, False
     for task in tasks:
         k = task.num_support
@@ -131,7 +132,7 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
         lower, upper = mixture_interval(held.means, held.stds, level)
         rows["mse"].append(float(np.mean(np.square(held.mean - held_y))))
         rows["mse_true"].append(float(np.mean(np.square(held.mean - task.f(held_x)[:, 0]))))
-        rows[f"coverage{int(round(100 * level))}"].append(float(np.mean((held_y >= lower) & (held_y <= upper))))
+        rows[coverage].append(float(np.mean((held_y >= lower) & (held_y <= upper))))
         rows["nll"].append(mixture_nll(held_y, held.means, held.stds))
         rows["fits"].append(float(np.min(np.mean(np.square(curves - task.f(grid)[:, 0][None]), axis=1)) < fit_mse))
         families.append(task.family.name)

@@ -116,7 +116,7 @@ def bmaml64(**kwargs):
     return BMAML(fc64(), losses.mse, **{**options, **kwargs})
 
 
-def numpy_log_posterior(algo, particle, x, y):
+def numpy_log_posterior(particle, x, y):
     """BMAML's log posterior of one particle (`jsikyoon/bmaml`'s `bnn.py`), in numpy, from its weights."""
     weights, log_lambda, log_gamma = particle[:-2], particle[-2], particle[-1]
     h = x
@@ -139,7 +139,7 @@ def test_bmaml_log_posterior_is_the_authors_formula():
     got = algo.log_posterior(particles, outputs, batch.support_y[0]).numpy()
     for m in range(3):
         particle = [p[m].numpy() for p in particles]
-        np.testing.assert_allclose(got[m], numpy_log_posterior(algo, particle, batch.support_x[0].numpy(),
+        np.testing.assert_allclose(got[m], numpy_log_posterior(particle, batch.support_x[0].numpy(),
                                                                batch.support_y[0].numpy()), rtol=1e-12)
 
 

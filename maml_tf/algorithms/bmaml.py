@@ -152,7 +152,7 @@ class EMAML(MAML):
     def task_forward(self, view: TaskView, params: Sequence, tasks: TaskBatch, num_steps: int,
                      query_steps: Sequence[int]) -> Dict[str, tf.Tensor]:
         """MAML's per-task results for the particle set (outputs and losses are the ensemble's), and the
-        meta-objective when the chaser's steps ran (`num_steps == num_inner_steps`)."""
+        meta-objective when the chaser's steps ran (`num_steps >= num_inner_steps`)."""
         pview, optimizer = self.particle_view(), self.particle_optimizer()
         support, query = (tasks.support_x, tasks.support_y), (tasks.query_x, tasks.query_y)
         particles, prior_term = self.initial_particles(params, support, query)

@@ -126,14 +126,16 @@ class PLATIPUS(EMAML):
         weights, own = self.unpack(params)
         k = len(self.split.adapted_indices)
         log_sigma, log_v_q, (gamma_p, gamma_q) = own[:k], own[k:2 * k], own[2 * k:]
-        mean_p = self.gradient_step(weights, *support, gamma_p)
         if self._training_pass:
             mean_q = self.gradient_step(weights, *query, gamma_q)
             theta = gaussian.sample(mean_q, log_v_q, self.train_samples, self.rng)
-            prior_term = self.kl_weight * gaussian.kl_diagonal(mean_q, log_v_q, mean_p, log_sigma) \
-                if self.kl_weight else 0.0  # Not even computed at 0 (variances of 0 would make it inf * 0).
+            prior_term = 0.0  # At a KL weight of 0, not computed (variances of 0 would make it inf * 0).
+            if self.kl_weight:
+                mean_p = self.gradient_step(weights, *support, gamma_p)
+                prior_term = self.kl_weight * gaussian.kl_diagonal(mean_q, log_v_q, mean_p, log_sigma)
             count = self.train_samples
         else:
+            mean_p = self.gradient_step(weights, *support, gamma_p)
             theta, prior_term = gaussian.sample(mean_p, log_sigma, self.num_samples, self.rng), 0.0
             count = self.num_samples
         tiled = [tf.repeat(w[None], count, axis=0) for w in weights]

@@ -41,19 +41,20 @@ class SinusoidTasks:
         self.rng = np.random.RandomState(seed)
         self.amp_range, self.phase_range, self.input_range = amp_range, phase_range, input_range
 
-    def sample(self, batch_size: int):
-        """Draws `batch_size` tasks.
+    def sample(self, batch_size: int, num_points: Optional[int] = None):
+        """Draws `batch_size` tasks of `num_points` points (default the source's).
 
         Returns:
           `(x, y, amp, phase)`: x and y are `[batch, num_points, 1]` float64,
           amp and phase `[batch]`.
         """
+        num_points = self.num_points if num_points is None else num_points
         amp = self.rng.uniform(self.amp_range[0], self.amp_range[1], [batch_size])
         phase = self.rng.uniform(self.phase_range[0], self.phase_range[1], [batch_size])
-        x = np.zeros([batch_size, self.num_points, 1])
-        y = np.zeros([batch_size, self.num_points, 1])
+        x = np.zeros([batch_size, num_points, 1])
+        y = np.zeros([batch_size, num_points, 1])
         for t in range(batch_size):
-            x[t] = self.rng.uniform(self.input_range[0], self.input_range[1], [self.num_points, 1])
+            x[t] = self.rng.uniform(self.input_range[0], self.input_range[1], [num_points, 1])
             y[t] = amp[t] * np.sin(x[t] - phase[t])
         return x, y, amp, phase
 
@@ -62,12 +63,7 @@ class SinusoidTasks:
         `sample` draws them; `num_query` held-out points each (default the source's)."""
         if self.oracle:
             raise ValueError("The oracle's inputs carry amplitude and phase; its tasks have no function description.")
-        saved = self.num_points
-        self.num_points = self.num_support + (saved - self.num_support if num_query is None else num_query)
-        try:
-            x, y, amp, phase = self.sample(num_tasks)
-        finally:
-            self.num_points = saved
+        x, y, amp, phase = self.sample(num_tasks, None if num_query is None else self.num_support + num_query)
         return [FunctionTask(ORIGINAL_SINE, {"amplitude": float(a), "phase": float(p)}, 0.0, xi, yi, self.num_support)
                 for a, p, xi, yi in zip(amp, phase, x, y)]
 
