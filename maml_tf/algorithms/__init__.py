@@ -42,6 +42,7 @@ ALGORITHMS: Dict[str, AlgorithmEntry] = {
     "bmaml": AlgorithmEntry("maml_tf.algorithms.bmaml:BMAML", _options.BMAMLOptions, "bmaml"),
     "emaml": AlgorithmEntry("maml_tf.algorithms.bmaml:EMAML", _options.EMAMLOptions, "emaml"),
     "platipus": AlgorithmEntry("maml_tf.algorithms.platipus:PLATIPUS", _options.PLATIPUSOptions, "platipus"),
+    "llama": AlgorithmEntry("maml_tf.algorithms.llama:LLAMA", _options.LLAMAOptions, "llama"),
 }
 
 

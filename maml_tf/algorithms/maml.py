@@ -114,6 +114,11 @@ class MAML(MetaLearner):
         """The meta-objective's weights over the inner steps (MAML: the last step only)."""
         return objective.last_step(self.num_inner_steps)
 
+    def objective_term(self, view: TaskView, trajectory, tasks: TaskBatch, own: Sequence):
+        """A per-task term added to the meta-objective, from the inner loop's `trajectory` (LLAMA: eta/2 times
+        the log-determinant of the curvature at the adapted weights); MAML: none."""
+        return None
+
     def extra_task_outputs(self) -> tuple:
         """Keys of `task_forward`'s results kept per task besides MAML's (MAML++: the batch moments)."""
         return ()
@@ -159,6 +164,9 @@ class MAML(MetaLearner):
         weights_over_steps = self.objective_weights()
         if set(objective.steps_needed(weights_over_steps)) <= set(trajectory.query_losses):  # Not in short evaluations.
             out["objective"] = objective.combine(trajectory.query_losses, weights_over_steps)
+            term = self.objective_term(view, trajectory, tasks, own)
+            if term is not None:
+                out["objective"] += term
         if self.metric_fn is not None:
             out["support_metric"] = view.metric(trajectory.support_outputs, tasks.support_y)
             out["query_metrics"] = stack_steps({k: view.metric(o, tasks.query_y)

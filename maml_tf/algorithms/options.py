@@ -263,3 +263,27 @@ class PLATIPUSOptions(AlgorithmOptions):
 
     def test_suffix(self, config) -> str:
         return f".samples{self.num_samples}"
+
+
+@dataclasses.dataclass
+class LLAMAOptions(AlgorithmOptions):
+    """LLAMA (Grant et al. 2018; no authors' code: the paper's Subroutine 4). Shared: --num_updates and
+    --update_lr (MAML's inner loop, whose result is the Laplace mean), --meta_lr, --meta_batch_size, --stop_grad."""
+
+    pretraining: ClassVar[bool] = True
+
+    eta: float = option(1e-3, "weight of log det(H) / 2, the Laplace term, in each task's meta-objective (0: MAML's "
+                              "objective).")
+    tau: float = option(0.0, "the prior's curvature tau (K-FAC damping); 0: the precision of the prior implied by "
+                             "early stopping, 1 / (update_lr * num_updates).")
+    num_samples: int = option(10, "draws from the Laplace posterior per task for predictions.")
+
+    def validate(self, config) -> None:
+        at_least(self, "llama", 0, "eta", "tau")
+        at_least(self, "llama", 1, "num_samples")
+
+    def exp_suffix(self, config) -> str:
+        return f".eta{self.eta:g}" + (f".tau{self.tau:g}" if self.tau else "")
+
+    def test_suffix(self, config) -> str:
+        return f".samples{self.num_samples}"

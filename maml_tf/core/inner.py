@@ -130,6 +130,7 @@ class Trajectory(NamedTuple):
     weights: the fast weights after the last step; state: the optimiser's.
     support_outputs, support_loss: at the initial weights (pre-update).
     query_outputs, query_losses: `{step: ...}` after each requested step (0-based).
+    query_weights: `{step: fast weights}` after each requested step (LLAMA's curvature is taken there).
     """
 
     weights: list
@@ -138,6 +139,7 @@ class Trajectory(NamedTuple):
     support_loss: tf.Tensor
     query_outputs: Dict[int, tf.Tensor]
     query_losses: Dict[int, tf.Tensor]
+    query_weights: Dict[int, list]
 
 
 def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_steps: int, *,
@@ -152,7 +154,7 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
     x, y = support
     state = optimizer.init(view.split.adapted(weights)) if state is None else state
     support_outputs = support_loss = None
-    query_outputs, query_losses = {}, {}
+    query_outputs, query_losses, query_weights = {}, {}, {}
     for step in range(num_steps):
         outputs, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, step,
                                                    first_order=first_order)
@@ -161,7 +163,9 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
         if step in query_steps:
             query_outputs[step] = view.forward(weights, query[0], step=step, differentiated_once=True)
             query_losses[step] = view.loss(query_outputs[step], query[1])
-    return Trajectory(list(weights), state, support_outputs, support_loss, query_outputs, query_losses)
+            query_weights[step] = list(weights)
+    return Trajectory(list(weights), state, support_outputs, support_loss, query_outputs, query_losses,
+                      query_weights)
 
 
 def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches: Callable, num_steps, *,
