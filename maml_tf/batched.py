@@ -63,8 +63,9 @@ def _chain(model: keras.Model) -> Optional[list]:
     return layers if previous is model.outputs[0] else None
 
 
-def unsupported_reason(model: keras.Model) -> Optional[str]:
-    """Why `model` cannot run task-batched (None if it can)."""
+def unsupported_reason(model: keras.Model, grouped_convolutions: bool = True) -> Optional[str]:
+    """Why `model` cannot run task-batched (None if it can). `grouped_convolutions=False`: whether it is a chain
+    of these layers at all, for a per-task pass (K-FAC's), without the grouped convolutions' dtype limit."""
     layers = _chain(model)
     if layers is None:
         return "it is not a single-input chain of layers (Sequential or linear functional model)"
@@ -76,7 +77,7 @@ def unsupported_reason(model: keras.Model) -> Optional[str]:
         if isinstance(layer, keras.layers.Conv2D) and (
                 layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1):
             return f"conv layer {layer.name!r} is not a plain channels-last convolution"
-        if isinstance(layer, keras.layers.Conv2D) and layer.compute_dtype != "float32":
+        if grouped_convolutions and isinstance(layer, keras.layers.Conv2D) and layer.compute_dtype != "float32":
             # TensorFlow's CPU kernels differentiate grouped convolutions in float32 only (oneDNN).
             return f"conv layer {layer.name!r} computes in {layer.compute_dtype}, not float32"
         if isinstance(layer, _POOLING + (keras.layers.GlobalAveragePooling2D,)) and \

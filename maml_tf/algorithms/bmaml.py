@@ -100,15 +100,7 @@ class EMAML(MAML):
 
     @classmethod
     def build_model(cls, config) -> keras.Model:
-        """The original fc network (or conv net) with the authors' initialisers for a regression network:
-        Glorot-normal kernels and N(0, 0.01) biases, so that the particles start apart."""
-        from maml_tf import networks
-
-        if config.classification:
-            return networks.build_network(config)
-        return networks.build_fc(config.datasource_spec.input_shape, 1, config.datasource_spec.fc_hidden,
-                                 config.norm, kernel_initializer="glorot_normal",
-                                 bias_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        return bayesian_network(config)
 
     # ----------------------------------------------------------- particles
     def build_meta_parameters(self) -> None:
@@ -306,6 +298,19 @@ class BMAML(EMAML):
         if self.likelihood != "gaussian":
             return None
         return tf.exp(-0.5 * particles[len(self.model.trainable_variables) + 1])
+
+
+def bayesian_network(config) -> keras.Model:
+    """The original fc network (or conv net) with the BMAML authors' initialisers for a regression network:
+    Glorot-normal kernels and N(0, 0.01) biases, so that particles start apart (the Bayesian algorithms compared
+    on regression share it)."""
+    from maml_tf import networks
+
+    if config.classification:
+        return networks.build_network(config)
+    return networks.build_fc(config.datasource_spec.input_shape, 1, config.datasource_spec.fc_hidden, config.norm,
+                             kernel_initializer="glorot_normal",
+                             bias_initializer=keras.initializers.RandomNormal(stddev=0.01))
 
 
 def _initializers(model: keras.Model) -> dict:

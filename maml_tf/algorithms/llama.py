@@ -36,6 +36,9 @@ Where the paper leaves a choice, ours:
 - The paper gives no numeric eta, tau or number of samples that we could
   find. Defaults: eta = 1e-3 and tau = 1e-3 (chosen on the sinusoid,
   docs/algorithms/llama.md), 10 posterior samples for predictions.
+- On regression `main.py` builds the network of the Bayesian algorithms it
+  is compared with (Glorot-normal kernels, N(0, 0.01) biases: BMAML's
+  initialisers, `bmaml.bayesian_network`); MAML's own is the original's.
 - The draws come from a seeded `tf.random.Generator`, checkpointed, so a
   resumed run's predictive samples continue exactly.
 """
@@ -47,6 +50,7 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf.algorithms.bmaml import bayesian_network
 from maml_tf.algorithms.maml import MAML
 from maml_tf.core.kfac import KFAC, LIKELIHOODS
 from maml_tf.core.particles import particle_forward
@@ -88,6 +92,11 @@ class LLAMA(MAML):
         o = config.options
         return dict(super().config_kwargs(config), eta=o.eta, tau=o.tau or None, num_samples=o.num_samples,
                     likelihood="categorical" if config.classification else "gaussian", seed=config.seed)
+
+    @classmethod
+    def build_model(cls, config) -> keras.Model:
+        """On regression, the network of the Bayesian algorithms it is compared with (BMAML's initialisers)."""
+        return bayesian_network(config)
 
     def _checkpoint_objects(self) -> dict:
         return {**super()._checkpoint_objects(), "sampler": self.rng}

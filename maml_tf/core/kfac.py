@@ -30,7 +30,7 @@ bound as one factor vanishes (dead units), where with equal dampings
 (block-diagonal H).
 
 Supported models: the chains of layers the task-batched network runs
-(`maml_tf.batched.unsupported_reason`); the curvature covers each Dense and
+(`maml_tf.batched.unsupported_reason`, in any float dtype); the curvature covers each Dense and
 Conv2D layer whose kernel the inner loop adapts (with its bias when that is
 adapted too). Other adapted weights (e.g. normalisation parameters when a
 user adapts them) have no curvature block: they are left out of the log
@@ -93,7 +93,7 @@ class KFAC:
     """
 
     def __init__(self, model: keras.Model, split, likelihood: str):
-        reason = unsupported_reason(model)
+        reason = unsupported_reason(model, grouped_convolutions=False)
         if reason is not None:
             raise ValueError(f"K-FAC needs a chain of supported layers; model {model.name!r} is not: {reason}.")
         if likelihood not in LIKELIHOODS:
