@@ -26,6 +26,7 @@ OPTIONS = {
     "bmaml": dict(inner_lr=1e-3, num_inner_steps=1, meta_lr=0.03, num_particles=3, seed=1),
     "emaml": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_particles=3, seed=1),
     "platipus": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_samples=3, seed=1),
+    "llama": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, eta=1e-3, num_samples=3, seed=1),
 }
 
 

@@ -17,6 +17,7 @@ from maml_tf.config import Config
 from maml_tf.core import kfac
 from maml_tf.core.execution import TaskView
 from maml_tf.core.hvp import conjugate_gradient, hvp
+from maml_tf.data.regression import SINE, FunctionTasks
 from tests.test_meta_sgd_anil import batch64, fc64
 
 
@@ -159,18 +160,34 @@ def test_default_tau_is_the_precision_of_the_early_stopping_prior():
     assert llama.tau == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "categorical"])
-def test_meta_gradient_of_the_laplace_term_matches_finite_differences(likelihood):
+def conv_model():
+    keras.utils.set_random_seed(0)
+    return networks.build_conv((16, 16, 1), 3, 3, "batch_norm", True, "mean", dtype="float64")
+
+
+def test_kfac_pass_of_a_conv_net_with_batch_norm_and_pooling_is_the_model():
+    model = conv_model()
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 16, 16, 1)))
+    factors, outputs = curvature_of(model, "categorical").factors(weights_of(model), x, return_outputs=True)
+    np.testing.assert_allclose(outputs.numpy(), model(x).numpy(), rtol=1e-12)
+    assert [f[0].shape[0] for f in factors] == [10, 28, 28, 28, 4]  # 3x3 patches of 1 and 3 channels + 1; dense.
+
+
+@pytest.mark.parametrize("likelihood, kind", [("gaussian", "fc"), ("categorical", "fc"), ("categorical", "conv")])
+def test_meta_gradient_of_the_laplace_term_matches_finite_differences(likelihood, kind):
     """d/d theta of eta/2 log det H(phi(theta)): through the inner step and through the K-FAC factors (the
     output-gradient back-propagation included), second order."""
-    model = dense_model(2, 3, hidden=(4,))
+    model = dense_model(2, 3, hidden=(4,)) if kind == "fc" else conv_model()
     rng = np.random.default_rng(2)
-    sx, qx = rng.normal(size=(1, 5, 2)), rng.normal(size=(1, 5, 2))
+    shape = (1, 5, 2) if kind == "fc" else (1, 3, 16, 16, 1)
+    sx, qx = rng.normal(size=shape), rng.normal(size=shape)
     label = (lambda k: np.eye(3)[rng.integers(0, 3, (1, k))]) if likelihood == "categorical" else \
         (lambda k: rng.normal(size=(1, k, 3)))
-    batch = TaskBatch(*[tf.constant(v) for v in (sx, label(5), qx, label(5))])
+    batch = TaskBatch(*[tf.constant(v) for v in (sx, label(shape[1]), qx, label(shape[1]))])
     loss = losses.scaled_xent(1) if likelihood == "categorical" else losses.mse
-    llama = LLAMA(model, loss, inner_lr=0.3, num_inner_steps=2, eta=1.0, tau=0.2, likelihood=likelihood)
+    # A small step on the conv net: a large one makes its objective kinked (ReLU, max-pooling) at this scale.
+    llama = LLAMA(model, loss, inner_lr=0.3 if kind == "fc" else 0.01, num_inner_steps=2, eta=1.0, tau=0.2,
+                  likelihood=likelihood)
     params = llama.params()
     grads, _ = llama.meta_gradients(batch)
     direction = [tf.constant(rng.normal(size=p.shape)) for p in params]
@@ -189,3 +206,42 @@ def _objective(llama, params, batch):
     """The meta-objective of the one task of `batch` (query loss + eta/2 log det H) at `params`."""
     task = TaskBatch(*[t[0] for t in batch])
     return float(llama.task_forward(TaskView(llama), params, task, llama.num_inner_steps, [1])["objective"])
+
+
+def test_llama_resumes_its_sampler_exactly(tmp_path):
+    model, batch = fc64(), batch64()
+    llama = LLAMA(model, losses.mse, inner_lr=0.1, num_inner_steps=1, num_samples=4, seed=5)
+    checkpoint = tf.train.Checkpoint(**llama.checkpoint_objects())
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    first = llama.predictive(batch.support_x[0], batch.support_y[0], batch.query_x[0])[0].numpy()
+    checkpoint.restore(path).assert_existing_objects_matched()
+    again = llama.predictive(batch.support_x[0], batch.support_y[0], batch.query_x[0])[0].numpy()
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (4, 4, 1) and np.all(first.std(0) > 0)
+
+
+# ------------------------------------------------------------- programs
+def test_main_trains_and_tests_llama_with_predictive_measures_and_plot(tmp_path):
+    flags = dict(datasource="sine_line", algorithm="llama", norm="None", metatrain_iterations=3, meta_batch_size=2,
+                 update_batch_size=3, logdir=str(tmp_path), num_test_tasks=4, progress=False, llama_num_samples=4)
+    train.run(Config(**flags))
+    result = train.run(Config(**{**flags, "train": False}))
+    assert result["values"].shape == (4, 11)
+    assert result["uncertainty"]["samples"] == 4 and not result["uncertainty"]["learned_noise"]
+    stem = result["csv"][:-4]
+    assert json.load(open(stem + ".uncertainty.json"))["tasks"] == 4
+    assert open(stem + ".samples.png", "rb").read(4) == b"\x89PNG"
+
+
+def test_metamodel_fits_saves_and_loads_llama(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = networks.build_fc((1,), 1, [8, 8], "None", kernel_initializer="glorot_normal")
+    meta = MetaModel(model, "llama", loss="mse", inner_lr=0.01, num_inner_steps=1, eta=1e-3, seed=1)
+    meta.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batches = list(FunctionTasks([SINE], 5, 5, seed=0).batches(4, 3))
+    data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(field) for field in zip(*batches)))
+    assert np.isfinite(meta.fit(data, epochs=1, verbose=0).history["loss"][0])
+    meta.save(str(tmp_path / "meta.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
+    for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

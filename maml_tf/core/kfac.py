@@ -114,9 +114,9 @@ class KFAC:
             raise ValueError(f"Model {model.name!r} has no adapted Dense or Conv2D kernel to take the curvature of.")
 
     # ------------------------------------------------------------ factors
-    def factors(self, weights: Sequence, x) -> List[tf.Tensor]:
+    def factors(self, weights: Sequence, x, return_outputs: bool = False) -> List[tf.Tensor]:
         """`[(A, G), ...]` per block: the undamped Kronecker factors at `weights` on inputs `x` `[N, ...]` (one
-        task), differentiable in `weights`."""
+        task), differentiable in `weights` (and the network's outputs, with `return_outputs`)."""
         blocks = {b.position: b for b in self.blocks}
         inputs, probes = {}, {}
         with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
@@ -142,7 +142,7 @@ class KFAC:
             rows = tf.cast(tf.shape(a)[0], a.dtype)
             out.append((tf.matmul(a, a, transpose_a=True) / rows, g_factor))
         del tape
-        return out
+        return (out, outputs) if return_outputs else out
 
     @staticmethod
     def _linear(layer, params, h):
