@@ -133,12 +133,14 @@ class KFAC:
                 h = layer.activation(s + probes[position])
             outputs = h
         columns = output_factor(self.likelihood, outputs)
+        positions = [b.position for b in self.blocks]
+        # One backward pass per column reaches every block's probe.
+        grads = [tape.gradient(outputs, [probes[p] for p in positions], output_gradients=v) for v in columns]
         out = []
-        for block in self.blocks:
-            a = inputs[block.position]
-            grads = [tape.gradient(outputs, probes[block.position], output_gradients=v) for v in columns]
-            grads = [tf.reshape(g, [-1, g.shape[-1]]) for g in grads]
-            g_factor = tf.add_n([tf.matmul(g, g, transpose_a=True) for g in grads])
+        for i, position in enumerate(positions):
+            a = inputs[position]
+            g_rows = [tf.reshape(per_column[i], [-1, per_column[i].shape[-1]]) for per_column in grads]
+            g_factor = tf.add_n([tf.matmul(g, g, transpose_a=True) for g in g_rows])
             rows = tf.cast(tf.shape(a)[0], a.dtype)
             out.append((tf.matmul(a, a, transpose_a=True) / rows, g_factor))
         del tape
