@@ -76,6 +76,10 @@ SPEED = {
     "sinusoid_emaml": ("sinusoid", ["algorithm=emaml", "meta_batch_size=10", "norm=None"], None),
     "sinusoid_platipus": ("sinusoid", ["algorithm=platipus", "meta_batch_size=10", "norm=None"], None),
     "sinusoid_maml_b10": ("sinusoid", ["meta_batch_size=10", "norm=None"], None),
+    # LLAMA (K-FAC curvature of every task's adapted weights, its log-determinant's meta-gradient) beside MAML at the
+    # same shapes: the BMAML sinusoid config above and the Omniglot README command.
+    "sinusoid_llama": ("sinusoid", ["algorithm=llama", "meta_batch_size=10", "norm=None"], None),
+    "omniglot5_llama": ("omniglot5", ["algorithm=llama"], None),
 }
 
 # iMAML paper, Figure 2: Omniglot 20-way 5-shot, one task per meta-batch, growing inner steps.

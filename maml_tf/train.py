@@ -507,20 +507,25 @@ def test(config: Config, algo, directory: str) -> Dict[str, np.ndarray]:
         from maml_tf.plotting import plot_sinusoid  # matplotlib only when needed.
         out["figure"] = plot_sinusoid(config, algo, os.path.join(directory, config.test_file_stem() + ".png"))
         print(f"Wrote {out['figure']}")
-    if not config.classification and hasattr(algo, "predictive") and config.baseline != "oracle":
+    if hasattr(algo, "predictive") and config.baseline != "oracle":
         out.update(test_predictive(config, algo, stem, split))
     return out
 
 
 def test_predictive(config: Config, algo, stem: str, split: str) -> Dict[str, object]:
-    """Regression: the predictive distribution's measures (`maml_tf.uncertainty`) on the same tasks as `test`,
-    after as many inner steps as training took (`--num_updates`), written to `<stem>.uncertainty.json`, and its
+    """The predictive distribution's measures (`maml_tf.uncertainty`) on the same tasks as `test`, after as many
+    inner steps as training took (`--num_updates`), written to `<stem>.uncertainty.json`; for regression also its
     samples on four tasks (`<stem>.samples.png`)."""
     from maml_tf import uncertainty  # matplotlib only when needed.
 
+    steps = config.num_updates
+    if config.classification:
+        batches = list(make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks))
+        result = uncertainty.evaluate_classification(algo, batches, steps)
+        uncertainty.report(result, stem + ".uncertainty.json")
+        return {"uncertainty": result}
     source = make_tasks(config, split, TEST_SEED)
     tasks = [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]  # As `batches` draws.
-    steps = config.num_updates
     result = uncertainty.evaluate_regression(algo, tasks, steps)
     uncertainty.report(result, stem + ".uncertainty.json")
     figure = uncertainty.plot_samples(algo, tasks[:4], stem + ".samples.png", steps,

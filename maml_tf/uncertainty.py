@@ -1,5 +1,5 @@
-"""Uncertainty measures of a predictive distribution on regression tasks, shared by every algorithm (BMAML,
-EMAML, PLATIPUS, MAML as a point estimate; LLAMA's Laplace samples).
+"""Uncertainty measures of a predictive distribution on regression and classification tasks, shared by every
+algorithm (BMAML, EMAML, PLATIPUS, MAML as a point estimate; LLAMA's Laplace samples).
 
 An algorithm's predictive for a task (`algo.predictive(support_x, support_y, x,
 steps, num_samples)`) is S sampled functions evaluated at `x` (particles,
@@ -20,6 +20,9 @@ Measures per task (`evaluate_regression`):
 - `fits`: whether at least one sample fits the true function (MSE on a grid
   of the input range below `fit_mse`): PLATIPUS's ambiguity measure, whose
   mean over tasks is the *function coverage*.
+
+Classification (`evaluate_classification`): the accuracy and NLL of the
+samples' mean softmax, and its expected calibration error.
 """
 
 from __future__ import annotations
@@ -143,6 +146,42 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
             "learned_noise": learned, "level": level, "fit_mse": fit_mse, "tasks": len(tasks)}
 
 
+def evaluate_classification(algo, batches: Sequence, steps: Optional[int] = None,
+                            num_samples: Optional[int] = None, bins: int = 15) -> Dict[str, object]:
+    """The predictive distribution of classification tasks: per query example, the mean over the samples of
+    their softmax probabilities (one sample for MAML: its softmax).
+
+    Measures: `accuracy` (of the mean probabilities' argmax) and `nll` (`-log` of the true class's mean
+    probability, averaged over a task's query examples) per task, and `ece`, the expected calibration error
+    over every query example (`bins` equal-width confidence bins: the sum over bins of the bin's share of
+    examples times |its accuracy - its mean confidence|).
+
+    Args:
+      batches: one-task `TaskBatch`es (one-hot labels).
+    """
+    import tensorflow as tf
+
+    rows = {"accuracy": [], "nll": []}
+    confidences, correct, samples = [], [], None
+    for batch in batches:
+        outputs, _ = algo.predictive(batch.support_x[0], batch.support_y[0], batch.query_x[0], steps, num_samples)
+        probs = tf.reduce_mean(tf.nn.softmax(tf.cast(outputs, tf.float64)), axis=0).numpy()
+        labels = np.argmax(np.asarray(batch.query_y[0]), axis=-1)
+        samples = int(outputs.shape[0])
+        hits = np.argmax(probs, axis=-1) == labels
+        rows["accuracy"].append(float(np.mean(hits)))
+        rows["nll"].append(float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)))))
+        confidences.append(np.max(probs, axis=-1))
+        correct.append(hits)
+    confidence, hit = np.concatenate(confidences), np.concatenate(correct)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    ece = sum(np.mean(which == b) * abs(np.mean(hit[which == b]) - np.mean(confidence[which == b]))
+              for b in range(bins) if np.any(which == b))
+    summary = {name: _mean_ci(values) for name, values in rows.items()}
+    summary["ece"] = {"mean": float(ece), "ci95": None}
+    return {"per_task": rows, "summary": summary, "samples": samples, "tasks": len(batches), "bins": bins}
+
+
 def _mean_ci(values) -> Dict[str, Optional[float]]:
     values = np.asarray(values, dtype=float)
     if not len(values) or not np.all(np.isfinite(values)):
@@ -153,8 +192,11 @@ def _mean_ci(values) -> Dict[str, Optional[float]]:
 def report(result: Dict[str, object], path: str) -> str:
     """Prints the summary as a Markdown table and writes `result` as JSON to `path`."""
     s = result["summary"]
-    noise = "learned" if result["learned_noise"] else "the task's true noise (no noise model)"
-    print(f"\nPredictive distribution on {result['tasks']} tasks ({result['samples']} sample(s) each; noise: {noise}):"
+    if "learned_noise" in result:
+        noise = "; noise: " + ("learned" if result["learned_noise"] else "the task's true noise (no noise model)")
+    else:
+        noise = f"; mean of their softmax probabilities, ECE over {result['bins']} bins"
+    print(f"\nPredictive distribution on {result['tasks']} tasks ({result['samples']} sample(s) each{noise}):"
           "\n\n| measure | mean | 95% interval |\n|---|---|---|")
     for name, stats in s.items():
         if stats["mean"] is None or stats["ci95"] is None:
@@ -162,7 +204,7 @@ def report(result: Dict[str, object], path: str) -> str:
         else:
             print(f"| {name} | {stats['mean']:.4g} | {stats['mean'] - stats['ci95']:.4g} to "
                   f"{stats['mean'] + stats['ci95']:.4g} |")
-    for family, stats in result["coverage_by_family"].items():
+    for family, stats in result.get("coverage_by_family", {}).items():
         print(f"| fits ({family} tasks) | {stats['mean']:.4g} | - |")
     with open(path, "w") as f:
         json.dump(_finite(result), f, indent=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses, networks, train
+from maml_tf import losses, networks, train, uncertainty
 from maml_tf.algorithms import MAML, TaskBatch
 from maml_tf.algorithms.llama import LLAMA
 from maml_tf.api import MetaModel
@@ -245,3 +245,25 @@ def test_metamodel_fits_saves_and_loads_llama(tmp_path):
     loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
     for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class _FixedLogits:
+    """An algorithm whose predictive returns given logit samples `[S, N, C]`, whatever the task."""
+
+    def __init__(self, logits):
+        self.logits = tf.constant(logits)
+
+    def predictive(self, support_x, support_y, x, steps, num_samples):
+        return self.logits, None
+
+
+def test_classification_measures_of_the_mean_softmax():
+    logits = np.log(np.array([[[0.8, 0.1, 0.1], [0.1, 0.2, 0.7]], [[0.5, 0.3, 0.2], [0.3, 0.3, 0.4]]]))
+    labels = np.eye(3)[[0, 1]]
+    batch = TaskBatch(*[tf.constant(v[None]) for v in (np.zeros((2, 1)), labels, np.zeros((2, 1)), labels)])
+    result = uncertainty.evaluate_classification(_FixedLogits(logits), [batch, batch], bins=10)
+    # The samples' mean probabilities: [0.65, 0.2, 0.15] and [0.2, 0.25, 0.55].
+    assert result["summary"]["accuracy"]["mean"] == 0.5 and result["samples"] == 2
+    assert result["summary"]["nll"]["mean"] == pytest.approx(-np.mean(np.log([0.65, 0.25])), rel=1e-12)
+    # Confidences 0.65 (bin 6, right) and 0.55 (bin 5, wrong), each half of the examples.
+    assert result["summary"]["ece"]["mean"] == pytest.approx(0.5 * abs(1 - 0.65) + 0.5 * abs(0 - 0.55), rel=1e-12)

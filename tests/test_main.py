@@ -1,6 +1,7 @@
 """Smoke tests of the whole program: main.py trains, resumes, tests; bad flags give usage errors."""
 
 import csv
+import json
 import pickle
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     values = pickle.load(open(exp / "test_ubs1_stepsize0.4.pkl", "rb"))["mses"]
     assert values.shape == (3, 11) and np.all((values >= 0) & (values <= 1))
     assert "Mean validation accuracy/loss" in out
+    predictive = json.load(open(exp / "test_ubs1_stepsize0.4.uncertainty.json"))  # MAML: its one softmax.
+    assert predictive["tasks"] == 3 and predictive["samples"] == 1
+    assert predictive["summary"]["accuracy"]["mean"] == pytest.approx(values[:, 1].mean())
 
 
 @pytest.mark.parametrize("flags, message", [

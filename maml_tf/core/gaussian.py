@@ -1,4 +1,5 @@
-"""Diagonal Gaussians over weight lists (PLATIPUS's prior and posterior; LLAMA's Laplace samples next).
+"""Diagonal Gaussians over weight lists (PLATIPUS's prior and posterior; LLAMA's Kronecker-factored ones are in
+`maml_tf.core.kfac`).
 
 A distribution is a pair of aligned lists `(means, log_stds)`; standard
 deviations are `exp(log_std)`, so that any real value is a valid parameter.

@@ -1,4 +1,5 @@
-"""Hessian-vector products and conjugate gradient (iMAML's implicit gradient and Newton-CG solver; LLAMA next)."""
+"""Hessian-vector products and conjugate gradient (iMAML's implicit gradient and Newton-CG solver; the checks of
+LLAMA's K-FAC curvature)."""
 
 from __future__ import annotations
 
