@@ -31,11 +31,13 @@ Where the paper leaves a choice, ours:
 - The query term is MAML's task loss (a mean), so that eta = 0 is MAML
   exactly (`tests/test_llama.py`); eta absorbs the scale between that mean
   and the summed log-likelihood of the paper's objective. The paper writes
-  `eta log det H`, with eta a tuned coefficient; the Laplace approximation
-  itself has eta = 1 in our `eta / 2` form.
+  `eta log det H` with eta a tuned coefficient (the Laplace approximation of
+  the summed log-likelihood itself has 1/2).
 - The paper gives no numeric eta, tau or number of samples that we could
-  find. Defaults: eta = 1e-3 and tau = 1e-3 (chosen on the sinusoid,
-  docs/algorithms/llama.md), 10 posterior samples for predictions.
+  find. Defaults: eta = 1e-3, the best of a sweep on the sinusoid
+  (docs/results.md); tau = 1 / (inner_lr * num_inner_steps), the
+  precision of the prior that early stopping implies (the paper's section
+  3); 10 posterior samples for predictions.
 - On regression `main.py` builds the network of the Bayesian algorithms it
   is compared with (Glorot-normal kernels, N(0, 0.01) biases: BMAML's
   initialisers, `bmaml.bayesian_network`); MAML's own is the original's.
@@ -45,7 +47,7 @@ Where the paper leaves a choice, ours:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -108,16 +110,13 @@ class LLAMA(MAML):
 
     def log_det(self, support_x, support_y, steps: Optional[int] = None) -> tf.Tensor:
         """`log det H` at the weights adapted to one task's support set (K-FAC, damped by tau)."""
-        return self.curvature.log_det(self._adapted(support_x, support_y, steps), support_x, self.tau)
+        return self.curvature.log_det(self.adapt(support_x, support_y, steps), support_x, self.tau)
 
     def posterior_samples(self, support_x, support_y, steps: Optional[int] = None,
                           num_samples: Optional[int] = None) -> list:
         """Draws from the Laplace posterior N(phi, H^-1) of one task, stacked `[S, ...]` per weight."""
-        phi = self._adapted(support_x, support_y, steps)
+        phi = self.adapt(support_x, support_y, steps)
         return self.curvature.sample(phi, support_x, self.tau, num_samples or self.num_samples, self.rng)
-
-    def _adapted(self, support_x, support_y, steps):
-        return self.adapt(support_x, support_y, self.num_inner_steps if steps is None else steps)
 
     def _predictive(self, support_x, support_y, x, steps: Optional[int] = None, num_samples: Optional[int] = None):
         """`(outputs [S, N, ...], None)`: the outputs on `x` of S draws from the Laplace posterior."""
