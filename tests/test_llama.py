@@ -160,17 +160,19 @@ def test_default_tau_is_the_precision_of_the_early_stopping_prior():
     assert llama.tau == pytest.approx(5.0)
 
 
-def conv_model():
+def conv_model(head="mean", norm="batch_norm"):
     keras.utils.set_random_seed(0)
-    return networks.build_conv((16, 16, 1), 3, 3, "batch_norm", True, "mean", dtype="float64")
+    return networks.build_conv((16, 16, 1), 3, 3, norm, True, head, dtype="float64")
 
 
-def test_kfac_pass_of_a_conv_net_with_batch_norm_and_pooling_is_the_model():
-    model = conv_model()
+@pytest.mark.parametrize("head, norm", [("mean", "batch_norm"), ("flatten", "layer_norm")])  # Omniglot's, MiniImagenet's
+def test_kfac_pass_of_a_conv_net_with_normalisation_and_pooling_is_the_model(head, norm):
+    model = conv_model(head, norm)
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 16, 16, 1)))
     factors, outputs = curvature_of(model, "categorical").factors(weights_of(model), x, return_outputs=True)
     np.testing.assert_allclose(outputs.numpy(), model(x).numpy(), rtol=1e-12)
-    assert [f[0].shape[0] for f in factors] == [10, 28, 28, 28, 4]  # 3x3 patches of 1 and 3 channels + 1; dense.
+    # 3x3 patches of 1 and 3 channels, and a 1 for the bias; the dense head on 3 features (1x1 after pooling).
+    assert [f[0].shape[0] for f in factors] == [10, 28, 28, 28, 4]
 
 
 @pytest.mark.parametrize("likelihood, kind", [("gaussian", "fc"), ("categorical", "fc"), ("categorical", "conv")])
