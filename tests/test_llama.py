@@ -165,7 +165,7 @@ def conv_model(head="mean", norm="batch_norm"):
     return networks.build_conv((16, 16, 1), 3, 3, norm, True, head, dtype="float64")
 
 
-@pytest.mark.parametrize("head, norm", [("mean", "batch_norm"), ("flatten", "layer_norm")])  # Omniglot's, MiniImagenet's
+@pytest.mark.parametrize("head, norm", [("mean", "batch_norm"), ("flatten", "layer_norm")])  # Omniglot, MiniImagenet
 def test_kfac_pass_of_a_conv_net_with_normalisation_and_pooling_is_the_model(head, norm):
     model = conv_model(head, norm)
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 16, 16, 1)))
