@@ -59,12 +59,10 @@ class Block(NamedTuple):
 
 
 class Factors(NamedTuple):
-    """A block's damped Kronecker factors and their lower Cholesky factors."""
+    """A block's (damped) Kronecker factors `A (x) G`."""
 
     a: tf.Tensor
     g: tf.Tensor
-    chol_a: tf.Tensor
-    chol_g: tf.Tensor
 
 
 def output_factor(likelihood: str, outputs) -> List[tf.Tensor]:
@@ -170,8 +168,7 @@ class KFAC:
 
     # ----------------------------------------------------- damped blocks
     def damped(self, weights: Sequence, x, tau: float) -> List[Factors]:
-        """Each block's factors with the factored Tikhonov damping of a prior curvature `tau I`, and their
-        Cholesky factors."""
+        """Each block's factors with the factored Tikhonov damping of a prior curvature `tau I`."""
         return [damp(a, g, tau) for a, g in self.factors(weights, x)]
 
     def log_det(self, weights: Sequence, x, tau: float) -> tf.Tensor:
@@ -200,28 +197,38 @@ class KFAC:
 
 
 def damp(a, g, tau: float) -> Factors:
-    """`(A + sqrt(tau) I, G + sqrt(tau) I)` and their Cholesky factors."""
-    if tau:
-        root = math.sqrt(tau)
-        a = a + root * tf.eye(a.shape[-1], dtype=a.dtype)
-        g = g + root * tf.eye(g.shape[-1], dtype=g.dtype)
-    return Factors(a, g, tf.linalg.cholesky(a), tf.linalg.cholesky(g))
+    """`(A + sqrt(tau) I, G + sqrt(tau) I)`."""
+    if not tau:
+        return Factors(a, g)
+    root = math.sqrt(tau)
+    return Factors(a + root * tf.eye(a.shape[-1], dtype=a.dtype), g + root * tf.eye(g.shape[-1], dtype=g.dtype))
+
+
+@tf.custom_gradient
+def spd_log_det(m):
+    """`log det M` of a symmetric positive-definite matrix, from its Cholesky factor, with the gradient `M^-1`
+    from one Cholesky solve (TensorFlow's Cholesky gradient costs several times as much; only the first
+    derivative is defined, which is all the meta-gradient takes of it)."""
+    chol = tf.linalg.cholesky(m)
+    value = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
+
+    def grad(upstream):
+        return upstream * tf.linalg.cholesky_solve(chol, tf.eye(m.shape[-1], dtype=m.dtype))
+
+    return value, grad
 
 
 def kronecker_log_det(f: Factors) -> tf.Tensor:
-    """`log det(A (x) G) = dim(G) log det A + dim(A) log det G`, from the Cholesky factors."""
-    def log_det(chol):
-        return 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
-
-    return f.g.shape[-1] * log_det(f.chol_a) + f.a.shape[-1] * log_det(f.chol_g)
+    """`log det(A (x) G) = dim(G) log det A + dim(A) log det G`."""
+    return f.g.shape[-1] * spd_log_det(f.a) + f.a.shape[-1] * spd_log_det(f.g)
 
 
 def kronecker_inverse_sqrt(f: Factors, z) -> tf.Tensor:
-    """`L_A^-T Z L_G^-1` for `Z` `[S, dim A, dim G]`: if Z is standard normal, the result's rows-major
-    vectorisation has covariance `(A (x) G)^-1 = A^-1 (x) G^-1`."""
+    """`L_A^-T Z L_G^-1` (`L`: lower Cholesky factors) for `Z` `[S, dim A, dim G]`: if Z is standard normal, the
+    result's rows-major vectorisation has covariance `(A (x) G)^-1 = A^-1 (x) G^-1`."""
     s = tf.shape(z)[0]
-    upper_a = tf.broadcast_to(tf.linalg.matrix_transpose(f.chol_a), tf.concat([[s], tf.shape(f.chol_a)], 0))
-    upper_g = tf.broadcast_to(tf.linalg.matrix_transpose(f.chol_g), tf.concat([[s], tf.shape(f.chol_g)], 0))
+    upper_a, upper_g = [tf.broadcast_to(tf.linalg.matrix_transpose(tf.linalg.cholesky(m)),
+                                        tf.concat([[s], tf.shape(m)], 0)) for m in (f.a, f.g)]
     x = tf.linalg.triangular_solve(upper_a, z, lower=False)  # L_A^T X = Z
     y = tf.linalg.triangular_solve(upper_g, tf.linalg.matrix_transpose(x), lower=False)  # L_G^T Y^T = X^T
     return tf.linalg.matrix_transpose(y)
