@@ -2,6 +2,7 @@
 sample figures copied next to the results page.
 
 Usage: python benchmarks/summarize_bayesian.py --runs=LABEL=FOLDER,... [--figures=docs/figures/PREFIX]
+       [--calibration=docs/figures/NAME.png]
 FOLDER: an experiment folder after `main.py --train=False` on a regression datasource (test_*.pkl, the
 predictive measures test_*.uncertainty.json and test_*.samples.png). Each row: the MSE of the prediction (the
 particles' or samples' mean) after 1 and 10 inner steps (the test table; a task whose loss diverged to NaN is
@@ -21,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_list("runs", [], "LABEL=FOLDER pairs.")
 flags.DEFINE_string("figures", "", "copy each run's samples figure to <figures>_<label>.png (none if empty).")
+flags.DEFINE_string("calibration", "", "draw the runs' calibration curves (fraction of held-out points inside the "
+                    "central interval against its level) into this PNG (none if empty).")
 FLAGS = flags.FLAGS
 
 
@@ -37,6 +40,7 @@ def main(_):
     import numpy as np
 
     runs = dict(pair.split("=", 1) for pair in FLAGS.runs)
+    curves = {}
     print("| run | iterations | samples | MSE, 1 step | MSE, 10 steps | median, 10 steps | MSE (true f) | 90% coverage "
           "| NLL | function coverage | by family |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for label, folder in runs.items():
@@ -58,6 +62,31 @@ def main(_):
         if FLAGS.figures:
             figure = glob.glob(os.path.join(folder, "*.samples.png"))[0]
             shutil.copy(figure, f"{FLAGS.figures}_{label}.png")
+        curves[label] = result.get("calibration")
+    if FLAGS.calibration:
+        plot_calibration({k: v for k, v in curves.items() if v}, FLAGS.calibration)
+
+
+def plot_calibration(curves, path):
+    """Observed against nominal coverage of the central predictive intervals, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+    for label, curve in curves.items():
+        levels = sorted(curve, key=float)
+        ax.plot([float(v) for v in levels], [curve[v] for v in levels], "o-", ms=3, label=label)
+    ax.set_xlabel("nominal level of the central interval")
+    ax.set_ylabel("held-out points inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"Wrote {path}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ Measures per task (`evaluate_regression`):
 - `nll`: the mean negative log predictive density of the held-out observations;
 - `fits`: whether at least one sample fits the true function (MSE on a grid
   of the input range below `fit_mse`): PLATIPUS's ambiguity measure, whose
-  mean over tasks is the *function coverage*.
+  mean over tasks is the *function coverage*;
+- `calibration`: the coverage of the central intervals at the levels
+  `CALIBRATION_LEVELS` (on the diagonal when calibrated).
 
 Classification (`evaluate_classification`): the accuracy and NLL of the
 samples' mean softmax, and its expected calibration error.
@@ -34,6 +36,9 @@ import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
+
+CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # Of the calibration curve.
 
 
 def mixture_cdf(y: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
@@ -118,12 +123,13 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
 
     Returns:
       `{'per_task': {measure: [tasks]}, 'summary': {measure: {'mean', 'ci95'}}, 'coverage_by_family': ...,
-      'samples', 'learned_noise', 'level', 'fit_mse'}`.
+      'samples', 'learned_noise', 'level', 'fit_mse', 'calibration': {nominal level: the fraction of
+      held-out observations inside the central interval of that level}}`.
     """
     grid = np.linspace(*input_range, grid_points)[:, None]
     coverage = f"coverage{int(round(100 * level))}"
     rows = {"mse": [], "mse_true": [], coverage: [], "nll": [], "fits": []}
-    families, samples, learned = [], None, False
+    families, samples, learned, curve = [], None, False, {lv: [] for lv in CALIBRATION_LEVELS}
     for task in tasks:
         k = task.num_support
         held_x, held_y = task.x[k:], task.y[k:, 0]
@@ -136,14 +142,19 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
         rows["mse"].append(float(np.mean(np.square(held.mean - held_y))))
         rows["mse_true"].append(float(np.mean(np.square(held.mean - task.f(held_x)[:, 0]))))
         rows[coverage].append(float(np.mean((held_y >= lower) & (held_y <= upper))))
+        for lv in CALIBRATION_LEVELS:
+            low, high = mixture_interval(held.means, held.stds, lv)
+            curve[lv].append(float(np.mean((held_y >= low) & (held_y <= high))))
         rows["nll"].append(mixture_nll(held_y, held.means, held.stds))
         rows["fits"].append(float(np.min(np.mean(np.square(curves - task.f(grid)[:, 0][None]), axis=1)) < fit_mse))
         families.append(task.family.name)
     summary = {name: _mean_ci(values) for name, values in rows.items()}
     by_family = {name: _mean_ci([f for f, fam in zip(rows["fits"], families) if fam == name])
                  for name in sorted(set(families))}
+    calibration = {f"{lv:g}": float(np.mean(v)) for lv, v in curve.items()}
     return {"per_task": rows, "summary": summary, "coverage_by_family": by_family, "samples": samples,
-            "learned_noise": learned, "level": level, "fit_mse": fit_mse, "tasks": len(tasks)}
+            "learned_noise": learned, "level": level, "fit_mse": fit_mse, "tasks": len(tasks),
+            "calibration": calibration}
 
 
 def evaluate_classification(algo, batches: Sequence, steps: Optional[int] = None,
@@ -206,6 +217,9 @@ def report(result: Dict[str, object], path: str) -> str:
                   f"{stats['mean'] + stats['ci95']:.4g} |")
     for family, stats in result.get("coverage_by_family", {}).items():
         print(f"| fits ({family} tasks) | {stats['mean']:.4g} | - |")
+    if result.get("calibration"):
+        print("\nHeld-out points inside the central interval of each level: " +
+              ", ".join(f"{level}: {inside:.3f}" for level, inside in result["calibration"].items()))
     with open(path, "w") as f:
         json.dump(_finite(result), f, indent=1)
     print(f"Wrote {path}")

@@ -285,6 +285,27 @@ def test_observations_drawn_from_the_predictive_are_covered_at_the_nominal_rate(
     assert abs(np.mean((y >= lower) & (y <= upper)) - 0.9) < 0.015
 
 
+class _TrueFunction:
+    """A predictive with one sample, the true function, and the task's noise: calibrated."""
+
+    dtype = tf.float64
+
+    def __init__(self, task_of):
+        self.task_of = task_of
+
+    def predictive(self, support_x, support_y, x, steps, num_samples):
+        return tf.constant(self.task_of(support_x.numpy()).f(x.numpy())[None]), None
+
+
+def test_calibration_curve_of_a_calibrated_predictive_is_the_diagonal():
+    tasks = FunctionTasks([SINE, LINE], 5, 400, seed=0).sample_tasks(10)  # Noise 0.3.
+    lookup = {t.x[:5].tobytes(): t for t in tasks}
+    curve = uncertainty.evaluate_regression(_TrueFunction(lambda sx: lookup[sx.tobytes()]), tasks)["calibration"]
+    assert sorted(map(float, curve)) == list(uncertainty.CALIBRATION_LEVELS)
+    for level, observed in curve.items():
+        assert abs(observed - float(level)) < 0.03, (level, observed)
+
+
 class _Exact:
     """A predictive that knows the true function: samples at f(x) with the task's noise."""
 
