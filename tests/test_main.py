@@ -101,6 +101,7 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     (["--algorithm=bmaml", "--bmaml_gamma_b=0"], "--bmaml_gamma_b"),
     (["--algorithm=platipus", "--platipus_kl_weight=-1"], "--platipus_kl_weight"),
     (["--algorithm=llama", "--llama_eta=-1"], "--llama_eta"),
+    (["--algorithm=llama", "--mixed_precision=True"], "--mixed_precision"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
     proc = run_main(*flags, check=False)

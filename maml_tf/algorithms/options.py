@@ -281,6 +281,8 @@ class LLAMAOptions(AlgorithmOptions):
     def validate(self, config) -> None:
         at_least(self, "llama", 0, "eta", "tau")
         at_least(self, "llama", 1, "num_samples")
+        if config.mixed_precision:
+            raise ConfigError("LLAMA's curvature (Cholesky factorisations) runs in float32: drop --mixed_precision.")
 
     def exp_suffix(self, config) -> str:
         return f".eta{self.eta:g}" + (f".tau{self.tau:g}" if self.tau else "")

@@ -96,6 +96,9 @@ class KFAC:
             raise ValueError(f"K-FAC needs a chain of supported layers; model {model.name!r} is not: {reason}.")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
+        if any(layer.compute_dtype == "float16" for layer in _chain(model)):
+            raise ValueError("K-FAC runs in the variables' dtype; model layers computing in float16 (mixed precision) "
+                             "are not supported.")
         self.model, self.likelihood = model, likelihood
         self.layers = _chain(model)
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
