@@ -518,13 +518,11 @@ def test_predictive(config: Config, algo, stem: str, split: str) -> Dict[str, ob
     samples on four tasks (`<stem>.samples.png`)."""
     from maml_tf import uncertainty  # matplotlib only when needed.
 
-    steps = config.num_updates
+    steps, source = config.num_updates, make_tasks(config, split, TEST_SEED)
     if config.classification:
-        batches = list(make_tasks(config, split, TEST_SEED).batches(1, config.num_test_tasks))
-        result = uncertainty.evaluate_classification(algo, batches, steps)
+        result = uncertainty.evaluate_classification(algo, list(source.batches(1, config.num_test_tasks)), steps)
         uncertainty.report(result, stem + ".uncertainty.json")
         return {"uncertainty": result}
-    source = make_tasks(config, split, TEST_SEED)
     tasks = [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]  # As `batches` draws.
     result = uncertainty.evaluate_regression(algo, tasks, steps)
     uncertainty.report(result, stem + ".uncertainty.json")
