@@ -38,6 +38,10 @@ def curvature_of(model, likelihood="gaussian"):
     return kfac.KFAC(model, MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1).split, likelihood)
 
 
+def max_diff(a, b):
+    return max(float(tf.reduce_max(tf.abs(x - y))) for x, y in zip(a, b))
+
+
 def weights_of(model):
     return [tf.convert_to_tensor(v) for v in model.trainable_variables]
 
@@ -269,3 +273,15 @@ def test_classification_measures_of_the_mean_softmax():
     assert result["summary"]["nll"]["mean"] == pytest.approx(-np.mean(np.log([0.65, 0.25])), rel=1e-12)
     # Confidences 0.65 (bin 6, right) and 0.55 (bin 5, wrong), each half of the examples.
     assert result["summary"]["ece"]["mean"] == pytest.approx(0.5 * abs(1 - 0.65) + 0.5 * abs(0 - 0.55), rel=1e-12)
+
+
+def test_predict_tau_narrows_the_samples_and_leaves_training_alone():
+    model, batch = fc64(), batch64()
+    spreads, grads = {}, {}
+    for predict_tau in (None, 400.0):
+        llama = LLAMA(model, losses.mse, inner_lr=0.1, num_inner_steps=1, tau=4.0, predict_tau=predict_tau, seed=2)
+        draws = llama.posterior_samples(batch.support_x[0], batch.support_y[0], num_samples=500)
+        spreads[predict_tau] = float(np.std(draws[0].numpy(), axis=0).mean())
+        grads[predict_tau] = llama.meta_gradients(batch)[0]
+    assert llama.predict_tau == 400.0 and spreads[400.0] < 0.5 * spreads[None]
+    assert max_diff(grads[None], grads[400.0]) == 0

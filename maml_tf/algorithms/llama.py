@@ -69,6 +69,8 @@ class LLAMA(MAML):
         directions of low curvature); 0: none (the factors must then be positive definite).
       num_samples: posterior draws per task for `predictive`.
       likelihood: 'gaussian' (MSE) or 'categorical' (softmax cross-entropy on logits).
+      predict_tau: the prior's curvature for the posterior samples of `predictive` (default: `tau`); a test-time
+        choice, as the Laplace literature tunes the prior precision on held-out data.
       seed: seed of the posterior sampler.
       **maml_options: `MAML`'s options (`inner_lr`, `num_inner_steps`, `first_order`, `meta_lr`, ...).
     """
@@ -76,14 +78,17 @@ class LLAMA(MAML):
     name = "llama"
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, eta: float = 1e-3, tau: Optional[float] = None,
-                 num_samples: int = 10, likelihood: str = "gaussian", seed: Optional[int] = None, **maml_options):
+                 num_samples: int = 10, likelihood: str = "gaussian", predict_tau: Optional[float] = None,
+                 seed: Optional[int] = None, **maml_options):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
-        if eta < 0 or (tau is not None and tau < 0) or num_samples < 1:
-            raise ValueError(f"eta and tau must be >= 0 and num_samples >= 1; got {eta}, {tau}, {num_samples}.")
+        if eta < 0 or min(tau or 0, predict_tau or 0) < 0 or num_samples < 1:
+            raise ValueError(f"eta, tau and predict_tau must be >= 0 and num_samples >= 1; got {eta}, {tau}, "
+                             f"{predict_tau}, {num_samples}.")
         if tau is None:  # The implicit prior of early stopping (the paper's section 3): precision 1 / (alpha k).
             tau = 1.0 / (maml_options["inner_lr"] * maml_options["num_inner_steps"])
         self.eta, self.tau, self.num_samples, self.likelihood = float(eta), float(tau), int(num_samples), likelihood
+        self.predict_tau = self.tau if predict_tau is None else float(predict_tau)
         self.rng = tf.random.Generator.from_seed(seed or 0)
         maml_options["batch_tasks"] = False  # The curvature is taken per task, in the plain layout.
         super().__init__(model, loss_fn, **maml_options)
@@ -93,6 +98,7 @@ class LLAMA(MAML):
     def config_kwargs(cls, config) -> dict:
         o = config.options
         return dict(super().config_kwargs(config), eta=o.eta, tau=o.tau or None, num_samples=o.num_samples,
+                    predict_tau=o.predict_tau or None,
                     likelihood="categorical" if config.classification else "gaussian", seed=config.seed)
 
     @classmethod
@@ -114,9 +120,10 @@ class LLAMA(MAML):
 
     def posterior_samples(self, support_x, support_y, steps: Optional[int] = None,
                           num_samples: Optional[int] = None) -> list:
-        """Draws from the Laplace posterior N(phi, H^-1) of one task, stacked `[S, ...]` per weight."""
+        """Draws from the Laplace posterior N(phi, H^-1) of one task (H damped by `predict_tau`), stacked `[S, ...]`
+        per weight."""
         phi = self.adapt(support_x, support_y, steps)
-        return self.curvature.sample(phi, support_x, self.tau, num_samples or self.num_samples, self.rng)
+        return self.curvature.sample(phi, support_x, self.predict_tau, num_samples or self.num_samples, self.rng)
 
     def _predictive(self, support_x, support_y, x, steps: Optional[int] = None, num_samples: Optional[int] = None):
         """`(outputs [S, N, ...], None)`: the outputs on `x` of S draws from the Laplace posterior."""

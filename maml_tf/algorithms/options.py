@@ -277,9 +277,11 @@ class LLAMAOptions(AlgorithmOptions):
     tau: float = option(0.0, "the prior's curvature tau (K-FAC damping); 0: the precision of the prior implied by "
                              "early stopping, 1 / (update_lr * num_updates).")
     num_samples: int = option(10, "draws from the Laplace posterior per task for predictions.")
+    predict_tau: float = option(0.0, "the prior's curvature in the posterior of predictions, a test-time choice "
+                                     "(0: --llama_tau's).")
 
     def validate(self, config) -> None:
-        at_least(self, "llama", 0, "eta", "tau")
+        at_least(self, "llama", 0, "eta", "tau", "predict_tau")
         at_least(self, "llama", 1, "num_samples")
         if config.mixed_precision:
             raise ConfigError("LLAMA's curvature (Cholesky factorisations) runs in float32: drop --mixed_precision.")
@@ -288,4 +290,4 @@ class LLAMAOptions(AlgorithmOptions):
         return f".eta{self.eta:g}" + (f".tau{self.tau:g}" if self.tau else "")
 
     def test_suffix(self, config) -> str:
-        return f".samples{self.num_samples}"
+        return f".samples{self.num_samples}" + (f".ptau{self.predict_tau:g}" if self.predict_tau else "")
