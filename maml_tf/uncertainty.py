@@ -203,11 +203,11 @@ def _mean_ci(values) -> Dict[str, Optional[float]]:
 def report(result: Dict[str, object], path: str) -> str:
     """Prints the summary as a Markdown table and writes `result` as JSON to `path`."""
     s = result["summary"]
-    if "learned_noise" in result:
-        noise = "; noise: " + ("learned" if result["learned_noise"] else "the task's true noise (no noise model)")
+    if "learned_noise" in result:  # Regression.
+        detail = "; noise: " + ("learned" if result["learned_noise"] else "the task's true noise (no noise model)")
     else:
-        noise = f"; mean of their softmax probabilities, ECE over {result['bins']} bins"
-    print(f"\nPredictive distribution on {result['tasks']} tasks ({result['samples']} sample(s) each{noise}):"
+        detail = f"; mean of their softmax probabilities, ECE over {result['bins']} bins"
+    print(f"\nPredictive distribution on {result['tasks']} tasks ({result['samples']} sample(s) each{detail}):"
           "\n\n| measure | mean | 95% interval |\n|---|---|---|")
     for name, stats in s.items():
         if stats["mean"] is None or stats["ci95"] is None:
