@@ -254,6 +254,8 @@ def _to_scalars(results: Dict, classification: bool) -> Dict[str, float]:
             out[f"Post-update accuracy, step {j + 1}"] = float(value)
     if "loss_scale" in results:
         out["Loss scale"] = float(results["loss_scale"])
+    if "total_objective_term" in results:  # LLAMA's eta/2 log det H, added to the query loss.
+        out["Objective term"] = float(results["total_objective_term"])
     return out
 
 

@@ -285,3 +285,13 @@ def test_predict_tau_narrows_the_samples_and_leaves_training_alone():
         grads[predict_tau] = llama.meta_gradients(batch)[0]
     assert llama.predict_tau == 400.0 and spreads[400.0] < 0.5 * spreads[None]
     assert max_diff(grads[None], grads[400.0]) == 0
+
+
+def test_the_laplace_term_is_reported_per_task_and_in_the_totals():
+    model, batch = fc64(), batch64(tasks=2)
+    llama = LLAMA(model, losses.mse, inner_lr=0.1, num_inner_steps=1, eta=0.5, tau=0.3)
+    results = llama.evaluate(batch, 3)
+    expected = [0.5 * 0.5 * float(llama.log_det(batch.support_x[t], batch.support_y[t])) for t in range(2)]
+    np.testing.assert_allclose(results["objective_term"].numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(float(llama.train_step(batch)["total_objective_term"]), np.mean(expected), rtol=1e-10)
+    assert "total_objective_term" not in MAML(model, losses.mse, inner_lr=0.1, num_inner_steps=1).evaluate(batch, 3)

@@ -167,6 +167,7 @@ class MAML(MetaLearner):
             term = self.objective_term(view, trajectory, tasks, own)
             if term is not None:
                 out["objective"] += term
+                out["objective_term"] = term
         if self.metric_fn is not None:
             out["support_metric"] = view.metric(trajectory.support_outputs, tasks.support_y)
             out["query_metrics"] = stack_steps({k: view.metric(o, tasks.query_y)
@@ -206,7 +207,8 @@ class MAML(MetaLearner):
         `metatrain_op` depends on): `num_inner_steps` steps, the query set only
         after the steps the objective weighs. The results then hold
         `total_loss1` and the `objective_loss` (`objective_metric`) but no
-        per-step `total_losses2`.
+        per-step `total_losses2`. An algorithm with an `objective_term`
+        (LLAMA) also returns it per task and its mean, `total_objective_term`.
         """
         batch = check_task_batch(batch)
         lean = num_steps is None
@@ -217,6 +219,9 @@ class MAML(MetaLearner):
         keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
         keys += list(self.extra_task_outputs())
+        # The algorithm's own objective term (LLAMA's), where the objective's steps run.
+        term = type(self).objective_term is not MAML.objective_term and set(needed) <= set(query_steps)
+        keys += ["objective_term"] if term else []
         backend = self.execution.backend(batch)
         per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps),
                                list(params), batch, keys, with_gradients)
@@ -225,6 +230,8 @@ class MAML(MetaLearner):
                                     per_task.get("support_metric"), per_task.get("query_metrics"),
                                     objective=query_steps.index(self.objective_step)
                                     if self.objective_step in query_steps else len(query_steps)))
+        if term:
+            per_task["total_objective_term"] = tf.reduce_mean(per_task["objective_term"])
         if lean:
             per_task.pop("total_losses2")
             per_task.pop("total_accuracies2", None)
