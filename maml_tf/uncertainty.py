@@ -138,13 +138,15 @@ def evaluate_regression(algo, tasks: Sequence, steps: Optional[int] = None, num_
         held = Predictive(pred.means[:, :n], pred.stds[:, :n])
         curves = pred.means[:, n:]
         samples = pred.means.shape[0]
-        lower, upper = mixture_interval(held.means, held.stds, level)
         rows["mse"].append(float(np.mean(np.square(held.mean - held_y))))
         rows["mse_true"].append(float(np.mean(np.square(held.mean - task.f(held_x)[:, 0]))))
-        rows[coverage].append(float(np.mean((held_y >= lower) & (held_y <= upper))))
-        for lv in CALIBRATION_LEVELS:
+        inside = {}
+        for lv in sorted(set(CALIBRATION_LEVELS) | {level}):  # One bisection per level.
             low, high = mixture_interval(held.means, held.stds, lv)
-            curve[lv].append(float(np.mean((held_y >= low) & (held_y <= high))))
+            inside[lv] = float(np.mean((held_y >= low) & (held_y <= high)))
+        rows[coverage].append(inside[level])
+        for lv in CALIBRATION_LEVELS:
+            curve[lv].append(inside[lv])
         rows["nll"].append(mixture_nll(held_y, held.means, held.stds))
         rows["fits"].append(float(np.min(np.mean(np.square(curves - task.f(grid)[:, 0][None]), axis=1)) < fit_mse))
         families.append(task.family.name)

@@ -115,7 +115,7 @@ class KFAC:
             raise ValueError(f"Model {model.name!r} has no adapted Dense or Conv2D kernel to take the curvature of.")
 
     # ------------------------------------------------------------ factors
-    def factors(self, weights: Sequence, x, return_outputs: bool = False) -> List[tf.Tensor]:
+    def factors(self, weights: Sequence, x, return_outputs: bool = False) -> list:
         """`[(A, G), ...]` per block: the undamped Kronecker factors at `weights` on inputs `x` `[N, ...]` (one
         task), differentiable in `weights` (and the network's outputs, with `return_outputs`)."""
         blocks = {b.position: b for b in self.blocks}
