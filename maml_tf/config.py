@@ -34,8 +34,8 @@ class Config:
     """
 
     # Dataset / method (the original's).
-    datasource: str = option("sinusoid", "sinusoid, bmaml_sinusoid, sine_line (regression), omniglot or "
-                                                "miniimagenet (docs/data.md)", choices=tuple(DATASOURCES))
+    datasource: str = option("sinusoid", "sinusoid, bmaml_sinusoid, sine_line, multimodal_regression (regression), "
+                                         "omniglot or miniimagenet (docs/data.md)", choices=tuple(DATASOURCES))
     num_classes: int = option(5, "number of classes used in classification (e.g. 5-way classification).")
     baseline: Optional[str] = option(None, "oracle, or None")
     algorithm: str = option("maml", "meta-learning algorithm (docs/algorithms/).", choices=tuple(algorithms.ALGORITHMS))
@@ -66,6 +66,10 @@ class Config:
                                           "(use if you want to test with a different value)")
     # Port-only options.
     seed: int = option(0, "seed of the training task sampler and the weight initialisers.")
+    num_modes: int = option(2, "multimodal_regression: task modes, the first N of sinusoid, line, quadratic, tanh, "
+                               "l1-norm (MMAML's 2, 3 and 5).")
+    task_mode: int = option(-1, "multimodal_regression: draw tasks of this mode only (0-based, as --num_modes "
+                                "orders them; one network of Multi-MAML); -1: every mode in turn.")
     num_test_tasks: int = option(600, "tasks evaluated with --train=False (the original uses 600).")
     data_dir: str = option("data", "folder holding omniglot_resized/ and miniImagenet/ (the original's ./data).")
     omniglot_source: str = option("folder", "read Omniglot from data_dir/omniglot_resized or from "
@@ -160,6 +164,14 @@ class Config:
         if not self.options.pretraining and (self.pretrain_iterations or self.baseline):
             raise ConfigError(f"--pretrain_iterations and --baseline need MAML's pretraining step, which "
                               f"--algorithm={self.algorithm} does not have.")
+        if not 1 <= self.num_modes <= 5:
+            raise ConfigError(f"--num_modes must be 1 to 5 (sinusoid, line, quadratic, tanh, l1-norm); got "
+                              f"{self.num_modes}.")
+        if not -1 <= self.task_mode < self.num_modes:
+            raise ConfigError(f"--task_mode must be -1 (every mode) or a mode below --num_modes={self.num_modes}; "
+                              f"got {self.task_mode}.")
+        if self.task_mode != -1 and self.datasource != "multimodal_regression":
+            raise ConfigError("--task_mode needs --datasource=multimodal_regression.")
         if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:
             raise ConfigError(f"{self.datasource}'s conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")
@@ -260,6 +272,8 @@ class Config:
         if self.baseline:
             s += self.baseline
         s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
+        if self.datasource == "multimodal_regression":  # Port-only: one folder per task distribution.
+            s += f".modes{self.num_modes}" + (f".mode{self.task_mode}" if self.task_mode >= 0 else "")
         if self.algorithm != "maml":  # Port-only: other algorithms get their own folder; MAML keeps the original's.
             s += f".{self.algorithm}" + self.options.exp_suffix(self)
         return s

@@ -43,6 +43,7 @@ ALGORITHMS: Dict[str, AlgorithmEntry] = {
     "emaml": AlgorithmEntry("maml_tf.algorithms.bmaml:EMAML", _options.EMAMLOptions, "emaml"),
     "platipus": AlgorithmEntry("maml_tf.algorithms.platipus:PLATIPUS", _options.PLATIPUSOptions, "platipus"),
     "llama": AlgorithmEntry("maml_tf.algorithms.llama:LLAMA", _options.LLAMAOptions, "llama"),
+    "mmaml": AlgorithmEntry("maml_tf.algorithms.mmaml:MMAML", _options.MMAMLOptions, "mmaml"),
 }
 
 

@@ -124,11 +124,12 @@ class MetaLearner:
         return list(params[:n]), list(params[n:])
 
     # ------------------------------------------------------- shared maths
-    def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False,
+    def forward(self, weights: Sequence, x, *, step=None, condition=None, differentiated_once: bool = False,
                 task_layout: bool = False):
         """Model outputs with `weights` (`functional_call`, every forward pass of every algorithm);
-        low-precision outputs are cast to the variables' dtype (mixed precision)."""
-        outputs = functional_call(self.model, weights, x, training=self.training, step=step,
+        `condition`: the model's conditioning input (MMAML's modulations); low-precision outputs are cast to the
+        variables' dtype (mixed precision)."""
+        outputs = functional_call(self.model, weights, x, training=self.training, step=step, condition=condition,
                                   differentiated_once=differentiated_once, task_layout=task_layout)
         return cast_floats(outputs, self.dtype)
 

@@ -119,6 +119,11 @@ class MAML(MetaLearner):
         the log-determinant of the curvature at the adapted weights); MAML: none."""
         return None
 
+    def task_view(self, view: TaskView, support_x, support_y, own: Sequence) -> TaskView:
+        """The view a task is adapted and evaluated through (MMAML: conditioned on the task's modulations, which
+        its encoder computes from the support set); MAML: `view`."""
+        return view
+
     def extra_task_outputs(self) -> tuple:
         """Keys of `task_forward`'s results kept per task besides MAML's (MAML++: the batch moments)."""
         return ()
@@ -154,6 +159,7 @@ class MAML(MetaLearner):
         `objective` (and `support_metric`, `query_metrics` with a metric).
         """
         weights, own = self.unpack(params)
+        view = self.task_view(view, tasks.support_x, tasks.support_y, own)
         trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own),
                                 (tasks.support_x, tasks.support_y), num_steps, query=(tasks.query_x, tasks.query_y),
                                 query_steps=query_steps, first_order=self.first_order)
@@ -176,11 +182,15 @@ class MAML(MetaLearner):
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
         """Fast weights after `steps` inner steps on one task's support set."""
+        return self.adapt_view(support_x, support_y, steps, weights)[1]
+
+    def adapt_view(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None):
+        """`(view, fast weights)`: `adapt`, and the task's view to run the adapted model through (`task_view`)."""
         weights = self.weights() if weights is None else list(weights)
         _, own = self.unpack(self.params())
-        view = TaskView(self)
+        view = self.task_view(TaskView(self), support_x, support_y, own)
         steps = self.num_inner_steps if steps is None else steps
-        return inner_loop(view, weights, self.inner_optimizer(view, own), (support_x, support_y), steps).weights
+        return view, inner_loop(view, weights, self.inner_optimizer(view, own), (support_x, support_y), steps).weights
 
     def _predictive(self, support_x, support_y, x, steps: Optional[int] = None, num_samples: Optional[int] = None):
         """`(outputs [S, N, ...], noise_std)`: the predictive samples on `x` after adapting to one task's support
@@ -188,8 +198,8 @@ class MAML(MetaLearner):
         BMAML/EMAML: the particles; PLATIPUS: `num_samples` draws. `steps` defaults to `num_inner_steps`."""
         del num_samples
         steps = self.num_inner_steps if steps is None else steps
-        weights = self.adapt(support_x, support_y, steps)
-        return self.forward(weights, x, step=steps - 1)[None], None
+        view, weights = self.adapt_view(support_x, support_y, steps)
+        return view.forward(weights, x, step=steps - 1)[None], None
 
     # ------------------------------------------------------------ meta-batch
     def batch_forward(self, params: Sequence, batch: TaskBatch, num_steps: Optional[int],

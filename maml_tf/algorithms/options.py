@@ -291,3 +291,25 @@ class LLAMAOptions(AlgorithmOptions):
 
     def test_suffix(self, config) -> str:
         return f".samples{self.num_samples}" + (f".ptau{self.predict_tau:g}" if self.predict_tau else "")
+
+
+@dataclasses.dataclass
+class MMAMLOptions(AlgorithmOptions):
+    """MMAML (Vuorio et al. 2019; `vuoristo/MMAML-Regression`). Shared: --num_updates, --update_lr (the authors'
+    --num-updates 5, --fast-lr 0.001), --meta_lr (--slow-lr), --meta_batch_size, --stop_grad (--first-order)."""
+
+    modulation: str = option("film", "how the encoder modulates each layer: film (the authors' affine), sigmoid or "
+                                     "softmax (their gates).", choices=("film", "sigmoid", "softmax"))
+    modulated_layers: int = option(0, "modulate the lowest N hidden layers (0: all; the authors' 2-mode command: 1).")
+    encoder_hidden: int = option(0, "encoder width: the LSTM's units (regression; 0: 40) or the conv encoder's last "
+                                    "layer (images; 0: 128).")
+    inner_grad_clip: float = option(10.0, "clip inner-loop gradients elementwise to this (0: not clipped).")
+    clip_norm: float = option(2.0, "clip the network's and the encoder's meta-gradients each to this norm (0: not "
+                                   "clipped).")
+
+    def validate(self, config) -> None:
+        check_choices(self, "mmaml")
+        at_least(self, "mmaml", 0, "modulated_layers", "encoder_hidden", "inner_grad_clip", "clip_norm")
+
+    def exp_suffix(self, config) -> str:
+        return f".{self.modulation}" + (f".layers{self.modulated_layers}" if self.modulated_layers else "")

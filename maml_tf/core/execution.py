@@ -23,6 +23,7 @@ backend (one replica per group of tasks) is the next one of this kind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from typing import Callable, Dict, Optional, Sequence
 
@@ -43,14 +44,22 @@ class TaskView:
       batched: whether tensors carry a leading task axis (task layout).
     """
 
+    condition = None  # The model's conditioning input for this task (`with_condition`).
+
     def __init__(self, learner, network: Optional[TaskBatchedNetwork] = None, num_tasks=None):
         self.learner, self.network, self.num_tasks = learner, network, num_tasks
         self.split, self.dtype, self.batched = learner.split, learner.dtype, network is not None
 
+    def with_condition(self, condition) -> "TaskView":
+        """This view, with every forward pass given `condition` (MMAML's modulations of the task)."""
+        view = copy.copy(self)
+        view.condition = condition
+        return view
+
     def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
         """Outputs of the model with `weights` on `x` (`MetaLearner.forward`, in this view's layout)."""
-        return self.learner.forward(weights, x, step=step, differentiated_once=differentiated_once,
-                                    task_layout=self.batched)
+        return self.learner.forward(weights, x, step=step, condition=self.condition,
+                                    differentiated_once=differentiated_once, task_layout=self.batched)
 
     def loss(self, outputs, labels):
         """The task loss: a scalar, or `[tasks]` in task layout."""

@@ -89,6 +89,18 @@ def with_weight_decay(optimizer: InnerOptimizer, factor: float) -> InnerOptimize
     return optimizer._replace(prepare=lambda weights: [w * factor for w in optimizer.prepare(weights)])
 
 
+def with_gradient_clipping(optimizer: InnerOptimizer, value) -> InnerOptimizer:
+    """`optimizer` on the gradients clipped elementwise to `[-value, value]` (MMAML's inner loop; None: not
+    clipped)."""
+    if value is None:
+        return optimizer
+
+    def update(grads, state, weights, step):
+        return optimizer.update([tf.clip_by_value(g, -value, value) for g in grads], state, weights, step)
+
+    return optimizer._replace(update=update)
+
+
 def with_proximal_term(optimizer: InnerOptimizer, lam: float, anchor: Sequence) -> InnerOptimizer:
     """`optimizer` on the loss plus `lam / 2 ||w - anchor||^2` (iMAML's regularised inner problem): the
     term's gradient `lam (w - anchor)` is added to the loss's before the update."""

@@ -58,6 +58,19 @@ def clip_by_value(grads: Sequence, clip_value: Optional[float]) -> list:
     return [tf.clip_by_value(g, -clip_value, clip_value) for g in grads]
 
 
+def clip_by_norm(grads: Sequence, clip_norm: Optional[float], groups: Sequence[int]) -> list:
+    """Each group's gradients scaled down together so that their global norm is at most `clip_norm` (PyTorch's
+    `clip_grad_norm_` per optimiser, as MMAML's authors clip the network and the encoder); `groups`: the sizes of
+    consecutive groups of `grads`. None: unchanged."""
+    if clip_norm is None:
+        return list(grads)
+    out, start = [], 0
+    for size in groups:
+        out += tf.clip_by_global_norm(list(grads[start:start + size]), clip_norm)[0]
+        start += size
+    return out + list(grads[start:])
+
+
 def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = None,
                  loss_scale: Optional[DynamicLossScale] = None) -> dict:
     """Applies the meta-gradient `grads` to `variables` (aligned nests).

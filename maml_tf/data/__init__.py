@@ -55,6 +55,10 @@ DATASOURCES: Dict[str, Datasource] = {
     # PLATIPUS's ambiguous regression: sines or lines, noise 0.3.
     "sine_line": Datasource("maml_tf.data.regression:sine_line_tasks", (1,), False, fc_hidden=(40, 40),
                             test_num_updates=(5, 10), print_interval=1000),
+    # MMAML's multimodal regression (--num_modes of sinusoid, line, quadratic, tanh, l1-norm), noise 0.3, with the
+    # authors' 3 x 100 network.
+    "multimodal_regression": Datasource("maml_tf.data.regression:multimodal_tasks", (1,), False,
+                                        fc_hidden=(100, 100, 100), test_num_updates=(5, 10), print_interval=1000),
     "omniglot": Datasource("maml_tf.data.omniglot:omniglot_tasks", (28, 28, 1), True),
     "miniimagenet": Datasource("maml_tf.data.miniimagenet:miniimagenet_tasks", (84, 84, 3), True,
                                conv_head="flatten", test_num_updates=(1, 10), clip_value=10.0,
