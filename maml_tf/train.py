@@ -528,11 +528,18 @@ def test_predictive(config: Config, algo, stem: str, split: str) -> Dict[str, ob
     tasks = [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]  # As `batches` draws.
     result = uncertainty.evaluate_regression(algo, tasks, steps)
     uncertainty.report(result, stem + ".uncertainty.json")
-    figure = uncertainty.plot_samples(algo, tasks[:4], stem + ".samples.png", steps,
+    shown = max(4, len(getattr(source, "families", ())))  # Tasks of every mode on a multimodal datasource.
+    figure = uncertainty.plot_samples(algo, tasks[:shown], stem + ".samples.png", steps,
                                       title=f"{config.algorithm}, {config.datasource}, K={config.update_batch_size}, "
                                             f"{steps} step(s)")
     print(f"Wrote {figure}")
-    return {"uncertainty": result, "samples_figure": figure}
+    out = {"uncertainty": result, "samples_figure": figure}
+    if hasattr(algo, "task_embedding"):  # MMAML: its task encoder's view of the tasks.
+        from maml_tf.plotting import plot_task_embeddings
+
+        out["embeddings_figure"] = plot_task_embeddings(algo, tasks, stem + ".embeddings.png")
+        print(f"Wrote {out['embeddings_figure']}")
+    return out
 
 
 def test_ensemble(config: Config, algo, directory: str, split: str) -> Dict[str, object]:

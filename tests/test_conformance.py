@@ -27,6 +27,7 @@ OPTIONS = {
     "emaml": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_particles=3, seed=1),
     "platipus": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, num_samples=3, seed=1),
     "llama": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01, eta=1e-3, num_samples=3, seed=1),
+    "mmaml": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01),
 }
 
 
@@ -41,6 +42,10 @@ def sinusoid_batch(seed=0, tasks=4, k=5):
 def learner(name):
     keras.utils.set_random_seed(0)
     model = networks.build_fc((1,), 1, [20, 20], "None")
+    if name == "mmaml":  # The network MMAML modulates.
+        from maml_tf.algorithms.mmaml import Modulated
+
+        model = Modulated(model)
     return algorithms.get(name)(model, losses.mse, **OPTIONS[name])
 
 
@@ -83,7 +88,7 @@ def test_checkpoint_round_trip(name, tmp_path):
 
 
 def datasource_config(name, tmp_path_factory):
-    if name == "sinusoid":
+    if not DATASOURCES[name].classification:
         return Config(datasource=name, update_batch_size=3)
     if name == "omniglot":
         tfds_dir = shared_path("data", "tfds", "omniglot")

@@ -102,6 +102,7 @@ def test_omniglot_from_tfds_smoke(tmp_path):
     (["--algorithm=platipus", "--platipus_kl_weight=-1"], "--platipus_kl_weight"),
     (["--algorithm=llama", "--llama_eta=-1"], "--llama_eta"),
     (["--algorithm=llama", "--mixed_precision=True"], "--mixed_precision"),
+    (["--datasource=multimodal_regression", "--num_modes=7"], "--num_modes"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
     proc = run_main(*flags, check=False)

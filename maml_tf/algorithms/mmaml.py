@@ -97,9 +97,12 @@ class Modulated(keras.Model):
     def __init__(self, network: keras.Model, modulation: str = "film", **kwargs):
         if modulation not in MODULATIONS:
             raise ValueError(f"Unknown modulation {modulation!r}; choose one of {', '.join(MODULATIONS)}.")
+        chain = [layer for layer in network.layers if not isinstance(layer, keras.layers.InputLayer)]
+        # Keras casts a model's inputs to its compute dtype: the layers', not float32 (a float64 network stays exact).
+        kwargs.setdefault("dtype", chain[0].dtype_policy)
         super().__init__(name=kwargs.pop("name", f"modulated_{network.name}"), **kwargs)
         self.modulation = modulation
-        self.chain = [layer for layer in network.layers if not isinstance(layer, keras.layers.InputLayer)]
+        self.chain = chain
         activations = [layer for layer in self.chain if isinstance(layer, ACTIVATIONS)]
         if not activations:
             raise ValueError(f"Network {network.name!r} has no ReLU/Activation layer to modulate.")
@@ -245,6 +248,7 @@ class MMAML(MAML):
     """
 
     name = "mmaml"
+    compiled_steps = MAML.compiled_steps + ("task_embedding",)
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, encoder: Optional[keras.Model] = None,
                  inner_grad_clip: Optional[float] = 10.0, clip_norm: Optional[float] = 2.0, **maml_options):
@@ -303,8 +307,8 @@ class MMAML(MAML):
         """The network modulated by the task's encoding of its support set."""
         return view.with_condition(self.encode(own, support_x, support_y)[1])
 
-    def task_embedding(self, support_x, support_y) -> tf.Tensor:
-        """The encoder's embedding of one task's support set (before the heads)."""
+    def _task_embedding(self, support_x, support_y) -> tf.Tensor:
+        """`task_embedding`: the encoder's embedding of one task's support set (what its heads read)."""
         return self.encode(self.unpack(self.params())[1], support_x, support_y)[0]
 
     def clip(self, grads: Sequence) -> list:
