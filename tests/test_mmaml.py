@@ -256,3 +256,20 @@ def test_image_encoder_meta_trains_on_omniglot():
     assert float(mmaml.evaluate(batch, 1)["total_losses2"][-1]) < loss0
     assert all(np.any(v.numpy() != b) for v, b in zip(mmaml.encoder.trainable_variables, before))
     assert task_encoder(model).heads[0].units == 16
+
+
+def test_mixed_precision_meta_gradient_is_the_float32_one_up_to_float16_rounding():
+    def learner(mixed):
+        config = Config(datasource="multimodal_regression", algorithm="mmaml", norm="None", num_updates=2,
+                        mixed_precision=mixed, mmaml_encoder_hidden=8).validate()
+        keras.utils.set_random_seed(0)
+        return MMAML.from_config(config, MMAML.build_model(config))
+
+    plain, mixed = learner(False), learner(True)
+    assert mixed.model.chain[0].compute_dtype == "float16" and mixed.encoder.compute_dtype == "float16"
+    mixed.loss_scale.scale.assign(2.0 ** 8)
+    batch = next(make_tasks(Config(datasource="multimodal_regression").validate(), "train", 0).batches(2))
+    want, _ = plain.meta_gradients(batch)
+    got, _ = mixed.meta_gradients(batch)
+    error = tf.linalg.global_norm([g - w for g, w in zip(got, want)]) / tf.linalg.global_norm(want)
+    assert float(error) < 0.02

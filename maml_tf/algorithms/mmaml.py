@@ -273,6 +273,7 @@ class MMAML(MAML):
         else:
             spec = config.datasource_spec
             network = networks.build_fc(spec.input_shape, 1, spec.fc_hidden, config.norm,
+                                        dtype="mixed_float16" if config.mixed_precision else "float32",
                                         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
         return Modulated(network, config.options.modulation)
 
