@@ -81,22 +81,28 @@ def plot_learning_curves(runs: dict, path: str, title: str = "") -> str:
 
 def plot_task_embeddings(algo, tasks, path: str, title: str = "") -> str:
     """MMAML's task embeddings (`algo.task_embedding` of each task's support set) projected on their first two
-    principal components, coloured by the task's function family. Returns `path`."""
+    principal components, coloured by the task's function family; the title gives how many tasks lie nearest to
+    their own family's mean embedding (in the full embedding space). Returns `path`."""
     embeddings = np.stack([algo.task_embedding(tf.constant(t.x[:t.num_support], algo.dtype),
                                                tf.constant(t.y[:t.num_support], algo.dtype)).numpy() for t in tasks])
     centred = embeddings - embeddings.mean(0)
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)
     projected = centred @ axes[:2].T
     explained = singular[:2] ** 2 / max(np.sum(singular ** 2), 1e-30)
-    families = [t.family.name for t in tasks]
+    families = np.array([t.family.name for t in tasks])
+    names = list(dict.fromkeys(families))  # In order of appearance.
+    centroids = np.stack([embeddings[families == name].mean(0) for name in names])
+    nearest = np.argmin(((embeddings[:, None] - centroids[None]) ** 2).sum(-1), 1)
+    separated = float(np.mean(np.array(names)[nearest] == families))
+    print(f"Task embeddings: {separated:.1%} of {len(tasks)} tasks are nearest to their mode's mean embedding.")
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    for name in dict.fromkeys(families):  # In order of appearance.
-        chosen = np.array([f == name for f in families])
-        ax.scatter(projected[chosen, 0], projected[chosen, 1], s=8, alpha=0.7, label=name)
+    for name in names:
+        ax.scatter(projected[families == name, 0], projected[families == name, 1], s=8, alpha=0.7, label=name)
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of the variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%})")
     ax.legend(fontsize=8, markerscale=2)
-    ax.set_title(title or f"Task embeddings of {len(tasks)} tasks (PCA)", fontsize=9)
+    ax.set_title(title or f"Task embeddings of {len(tasks)} tasks (PCA); {separated:.0%} nearest to their mode's mean",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
