@@ -28,6 +28,8 @@ class AlgorithmOptions:
 
     # Whether the algorithm has MAML's pretraining step, so that --pretrain_iterations and --baseline apply.
     pretraining: ClassVar[bool] = False
+    # Whether the algorithm runs MAML's task function, so that --recompute_inner_steps applies.
+    recomputes: ClassVar[bool] = False
     # Shared flags that a resumed training may not change for this algorithm (beyond `train.RESUMABLE_CHANGES`).
     fixed_on_resume: ClassVar[Tuple[str, ...]] = ()
 

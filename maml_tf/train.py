@@ -600,7 +600,8 @@ def test_ensemble(config: Config, algo, directory: str, split: str) -> Dict[str,
 RESUMABLE_CHANGES = frozenset({
     "metatrain_iterations", "log", "logdir", "resume", "train", "test_iter", "test_set", "num_test_tasks", "data_dir",
     "tfds_data_dir", "progress", "import_checkpoint", "export_checkpoint", "batch_tasks", "batched_conv_max_support",
-    "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log", "test_ensemble"})
+    "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log", "test_ensemble",
+    "recompute_inner_steps"})
 
 
 def check_resumable(config: Config, directory: str) -> None:

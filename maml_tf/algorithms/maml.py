@@ -26,7 +26,8 @@ import tensorflow as tf
 from maml_tf.algorithms.base import MetaLearner, TaskBatch, check_task_batch, refresh_statistics
 from maml_tf.core import objective
 from maml_tf.core.execution import Execution, TaskView
-from maml_tf.core.inner import InnerOptimizer, inner_loop, sgd, stack_steps
+from maml_tf.core.inner import (InnerOptimizer, Trajectory, inner_loop, inner_step, recomputed_gradient, sgd,
+                                stack_steps)
 from maml_tf.core.outer import outer_update
 
 
@@ -70,6 +71,10 @@ class MAML(MetaLearner):
       batch_tasks, task_groups, batched_conv_max_support: how the tasks of a
         meta-batch run; see `maml_tf.core.execution.Execution` (default: at
         once where the model allows it and it was faster, else `tf.map_fn`).
+      recompute_inner_steps: take the meta-gradient by recomputing each inner
+        step in the backward pass (`maml_tf.core.inner.recomputed_gradient`):
+        the same meta-gradient with memory flat in the number of inner steps,
+        for about one more forward pass per step; tasks then run one at a time.
     """
 
     name = "maml"
@@ -81,11 +86,17 @@ class MAML(MetaLearner):
                  clip_value: Optional[float] = None, optimizer=None, pretrain_optimizer=None,
                  meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
                  return_outputs: bool = True, batch_tasks: Optional[bool] = None,
-                 task_groups: Optional[int] = None, batched_conv_max_support: int = 10):
+                 task_groups: Optional[int] = None, batched_conv_max_support: int = 10,
+                 recompute_inner_steps: bool = False):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
                          second_order=not first_order)
+        self.recompute_inner_steps = bool(recompute_inner_steps)
+        if self.recompute_inner_steps:
+            if self.loss_scale is not None:
+                raise ValueError("recompute_inner_steps does not support float16 layers (loss scaling).")
+            batch_tasks = False  # Each task's gradient is taken inside tf.map_fn, step by step.
         self.execution = Execution(model, batch_tasks, task_groups, batched_conv_max_support)
         self.inner_lr = float(inner_lr)
         self.num_inner_steps = int(num_inner_steps)
@@ -140,7 +151,8 @@ class MAML(MetaLearner):
         return dict(inner_lr=config.update_lr, num_inner_steps=config.num_updates, first_order=config.first_order,
                     clip_value=config.clip_value, meta_lr=config.meta_lr,
                     batch_tasks=None if config.batch_tasks else False, task_groups=config.task_groups or None,
-                    batched_conv_max_support=config.batched_conv_max_support)
+                    batched_conv_max_support=config.batched_conv_max_support,
+                    recompute_inner_steps=config.recompute_inner_steps)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         """What a checkpoint must hold to resume exactly: weights and both Adam states."""
@@ -148,7 +160,7 @@ class MAML(MetaLearner):
 
     # ------------------------------------------------------------- per task
     def task_forward(self, view: TaskView, params: Sequence, tasks: TaskBatch, num_steps: int,
-                     query_steps: Sequence[int]) -> Dict[str, tf.Tensor]:
+                     query_steps: Sequence[int], own_gradient: bool = False) -> Dict[str, tf.Tensor]:
         """The original `task_metalearn`: adaptation and the query loss after each of `query_steps`.
 
         Written once for every backend: `tasks` is one task (`tf.map_fn`) or
@@ -156,13 +168,15 @@ class MAML(MetaLearner):
 
         Returns a dict: `support_outputs`, `support_loss` (pre-update),
         `query_outputs` [query steps, ...], `query_losses` [query steps],
-        `objective` (and `support_metric`, `query_metrics` with a metric).
+        `objective` (and `support_metric`, `query_metrics` with a metric);
+        with `own_gradient`, also `grads`, the objective's gradient with respect
+        to `params` by recomputing the inner steps (`recompute_inner_steps`).
         """
         weights, own = self.unpack(params)
-        view = self.task_view(view, tasks.support_x, tasks.support_y, own)
+        base_view, view = view, self.task_view(view, tasks.support_x, tasks.support_y, own)
         trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own),
                                 (tasks.support_x, tasks.support_y), num_steps, query=(tasks.query_x, tasks.query_y),
-                                query_steps=query_steps, first_order=self.first_order)
+                                query_steps=query_steps, first_order=self.first_order, keep_weights=own_gradient)
         axis = 1 if view.batched else 0  # The step axis follows the task axis.
         out = {"support_outputs": trajectory.support_outputs, "support_loss": trajectory.support_loss,
                "query_outputs": stack_steps(trajectory.query_outputs, axis),
@@ -174,11 +188,43 @@ class MAML(MetaLearner):
             if term is not None:
                 out["objective"] += term
                 out["objective_term"] = term
+            if own_gradient:
+                out["grads"] = self.recomputed_meta_gradient(base_view, params, tasks, trajectory.history,
+                                                            term is not None)
         if self.metric_fn is not None:
             out["support_metric"] = view.metric(trajectory.support_outputs, tasks.support_y)
             out["query_metrics"] = stack_steps({k: view.metric(o, tasks.query_y)
                                                 for k, o in trajectory.query_outputs.items()}, axis)
         return out
+
+    def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks: TaskBatch, history: Sequence,
+                            has_term: bool) -> list:
+        """`task_forward`'s objective differentiated with respect to `params` by recomputing the inner steps of
+        `history` one at a time in the backward pass (`maml_tf.core.inner.recomputed_gradient`). Everything a
+        step depends on (the task's view, the inner optimiser, the algorithm's own meta-parameters) is rebuilt
+        from `params` inside the step's tape, so that their gradients flow."""
+        weights_over_steps = self.objective_weights()
+        needed = objective.steps_needed(weights_over_steps)
+        last = max(needed + [self.objective_step] * has_term)
+        support, query = (tasks.support_x, tasks.support_y), (tasks.query_x, tasks.query_y)
+
+        def step_fn(k, w, p):
+            own = self.unpack(p)[1]
+            view_k = self.task_view(view, *support, own)
+            new = inner_step(view_k, w, self.inner_optimizer(view_k, own), (), *support, k,
+                             first_order=self.first_order)[2]
+            terms = []
+            if k in needed:
+                outputs = view_k.forward(new, query[0], step=k, differentiated_once=True)
+                terms.append(tf.cast(weights_over_steps[k], self.dtype) * view_k.loss(outputs, query[1]))
+            if has_term and k == self.objective_step:
+                reached = Trajectory(new, (), None, None, {}, {}, {k: new})
+                terms.append(self.objective_term(view_k, reached, tasks, own))
+            return new, tf.add_n(terms) if terms else None
+
+        grads, grad_w0 = recomputed_gradient(history[:last + 2], params, step_fn)
+        n = len(self.model.trainable_variables)
+        return [g + g0 for g, g0 in zip(grads[:n], grad_w0)] + grads[n:]
 
     def adapt(self, support_x, support_y, steps: Optional[int] = None, weights: Optional[Sequence] = None) -> list:
         """Fast weights after `steps` inner steps on one task's support set."""
@@ -233,8 +279,12 @@ class MAML(MetaLearner):
         term = type(self).objective_term is not MAML.objective_term and set(needed) <= set(query_steps)
         keys += ["objective_term"] if term else []
         backend = self.execution.backend(batch)
-        per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps),
-                               list(params), batch, keys, with_gradients)
+        own_gradient = with_gradients and self.recompute_inner_steps  # The task function differentiates itself.
+        per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps,
+                                                                              own_gradient),
+                               list(params), batch, keys + ["grads"] * own_gradient, with_gradients and not own_gradient)
+        if own_gradient:
+            per_task["grads"] = [tf.reduce_mean(g, 0) for g in per_task["grads"]]
         # Totals as the original: sums over tasks divided by the meta-batch size.
         per_task.update(self.totals(per_task["support_loss"], per_task["query_losses"],
                                     per_task.get("support_metric"), per_task.get("query_metrics"),

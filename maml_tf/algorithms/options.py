@@ -19,6 +19,7 @@ class MAMLOptions(AlgorithmOptions):
     """MAML's options are the original flags (`--update_lr`, `--num_updates`, `--stop_grad`, ...)."""
 
     pretraining: ClassVar[bool] = True
+    recomputes: ClassVar[bool] = True
 
 
 @dataclasses.dataclass
@@ -102,6 +103,7 @@ class MetaSGDOptions(AlgorithmOptions):
     """Meta-SGD (Li et al. 2017). Shared with MAML: --num_updates, --meta_lr, --stop_grad, --meta_batch_size."""
 
     pretraining: ClassVar[bool] = True  # MAML's pretraining step, inherited.
+    recomputes: ClassVar[bool] = True
 
     init: str = option("uniform", "initial step sizes: 'uniform' in [init_low, init_high] (the paper), or "
                                   "'update_lr' (every step size --update_lr).", choices=("uniform", "update_lr"))
@@ -125,6 +127,7 @@ class ANILOptions(AlgorithmOptions):
     """ANIL (Raghu et al. 2020). Shared with MAML: --update_lr, --num_updates, --meta_lr, --stop_grad."""
 
     pretraining: ClassVar[bool] = True  # MAML's pretraining step, inherited.
+    recomputes: ClassVar[bool] = True
 
     head_layers: int = option(1, "layers with weights, counted back from the output, that adapt in the inner loop "
                                  "(the paper: 1, the final layer).")
@@ -271,6 +274,7 @@ class LLAMAOptions(AlgorithmOptions):
     --update_lr (MAML's inner loop, whose result is the Laplace mean), --meta_lr, --meta_batch_size, --stop_grad."""
 
     pretraining: ClassVar[bool] = True
+    recomputes: ClassVar[bool] = True
 
     eta: float = option(1e-3, "weight of log det(H) / 2, the Laplace term, in each task's meta-objective (0: MAML's "
                               "objective).")
@@ -297,6 +301,8 @@ class LLAMAOptions(AlgorithmOptions):
 class MMAMLOptions(AlgorithmOptions):
     """MMAML (Vuorio et al. 2019; `vuoristo/MMAML-Regression`). Shared: --num_updates, --update_lr (the authors'
     --num-updates 5, --fast-lr 0.001), --meta_lr (--slow-lr), --meta_batch_size, --stop_grad (--first-order)."""
+
+    recomputes: ClassVar[bool] = True
 
     modulation: str = option("film", "how the encoder modulates each layer: film (the authors' affine), sigmoid or "
                                      "softmax (their gates).", choices=("film", "sigmoid", "softmax"))

@@ -143,6 +143,7 @@ class Trajectory(NamedTuple):
     support_outputs, support_loss: at the initial weights (pre-update).
     query_outputs, query_losses: `{step: ...}` after each requested step (0-based).
     query_weights: `{step: fast weights}` after each requested step (LLAMA's curvature is taken there).
+    history: with `keep_weights`, the weights before the first step and after each (`recomputed_gradient`).
     """
 
     weights: list
@@ -152,12 +153,14 @@ class Trajectory(NamedTuple):
     query_outputs: Dict[int, tf.Tensor]
     query_losses: Dict[int, tf.Tensor]
     query_weights: Dict[int, list]
+    history: tuple = ()
 
 
 def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_steps: int, *,
-               query=None, query_steps: Sequence[int] = (), state=None, first_order: bool = False) -> Trajectory:
+               query=None, query_steps: Sequence[int] = (), state=None, first_order: bool = False,
+               keep_weights: bool = False) -> Trajectory:
     """`num_steps` inner steps on the support set `(x, y)`, unrolled in Python, with the query set after
-    each of `query_steps`.
+    each of `query_steps`; `keep_weights`: the weights of every step in `Trajectory.history`.
 
     The query passes are declared `differentiated_once`: only the outer
     gradient's first derivative goes through them, so batch norm may use its
@@ -167,6 +170,7 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
     state = optimizer.init(view.split.adapted(weights)) if state is None else state
     support_outputs = support_loss = None
     query_outputs, query_losses, query_weights = {}, {}, {}
+    history = [list(weights)] if keep_weights else None
     for step in range(num_steps):
         outputs, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, step,
                                                    first_order=first_order)
@@ -176,8 +180,49 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
             query_outputs[step] = view.forward(weights, query[0], step=step, differentiated_once=True)
             query_losses[step] = view.loss(query_outputs[step], query[1])
             query_weights[step] = list(weights)
+        if keep_weights:
+            history.append(list(weights))
     return Trajectory(list(weights), state, support_outputs, support_loss, query_outputs, query_losses,
-                      query_weights)
+                      query_weights, tuple(history or ()))
+
+
+def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence[tf.Tensor], step_fn: Callable,
+                        gradient: Callable = None):
+    """The meta-gradient of an inner loop by recomputing each step in the backward pass (memory flat in the steps).
+
+    The objective is `sum_k L_k(w_{k+1}, params)` over the trajectory `w_{k+1} = S_k(w_k, params)`, where
+    `step_fn(k, w_k, params) -> (w_{k+1}, L_k or None)` recomputes step k and its objective term from the
+    differentiable inputs alone. `history`: `[w_0, ..., w_K]`, kept from a forward pass that no tape recorded,
+    so that no step's activations outlive it. Going backwards, each step is recomputed under its own tape and
+    its vector-Jacobian product taken (through the inner gradient: second order unless the step stops it), so
+    that at most one step's activations are alive at a time, for about one more forward pass per step.
+
+    `gradient(tape, targets, sources, output_gradients)`: how to differentiate (default `tape.gradient`).
+
+    Returns:
+      `(d objective / d params, d objective / d w_0)`: the caller adds the second where `w_0` comes from `params`.
+    """
+    def default(tape, targets, sources, output_gradients):
+        return tape.gradient(targets, sources, output_gradients=output_gradients,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    gradient = gradient or default
+    params = list(params)
+    grad_params = [tf.zeros_like(p) for p in params]
+    grad_w = [tf.zeros_like(w) for w in history[-1]]
+    for k in reversed(range(len(history) - 1)):
+        w = [tf.identity(t) for t in history[k]]  # Fresh tensors: sources distinct from `params`.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(w)
+            tape.watch(params)
+            new, loss = step_fn(k, w, params)
+        targets, seeds = list(new), list(grad_w)
+        if loss is not None:
+            targets.append(loss)
+            seeds.append(tf.ones_like(loss))
+        grad_w, step_params = gradient(tape, targets, [w, params], seeds)
+        grad_params = [g + s for g, s in zip(grad_params, step_params)]
+    return grad_params, grad_w
 
 
 def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches: Callable, num_steps, *,
