@@ -105,9 +105,9 @@ class Config:
                                       "(tasks) on separate cores instead, faster on a CPU; 0: TensorFlow's default.")
     jit_compile: bool = option(False, "XLA-compile the train and evaluation steps (faster for the small sinusoid "
                                       "network, slower for conv nets on a CPU: benchmarks/README.md).")
-    recompute_inner_steps: bool = option(False, "MAML, Meta-SGD, ANIL, LLAMA, MMAML: take the meta-gradient by "
-                                                "recomputing each inner step in the backward pass: memory flat in "
-                                                "--num_updates for about one more forward pass per step (same "
+    recompute_inner_steps: bool = option(False, "MAML, Meta-SGD, ANIL, MAML++, LLAMA, MMAML: take the meta-gradient "
+                                                "by recomputing each inner step in the backward pass: memory flat "
+                                                "in --num_updates for about one more forward pass per step (same "
                                                 "results; tasks run one at a time).")
     mixed_precision: bool = option(False, "compute in float16 with float32 variables, losses, fast-weight updates "
                                           "and batch-norm moments, and dynamic loss scaling (for GPUs; results "
@@ -177,8 +177,8 @@ class Config:
         if self.task_mode != -1 and self.datasource != "multimodal_regression":
             raise ConfigError("--task_mode needs --datasource=multimodal_regression.")
         if self.recompute_inner_steps and not self.options.recomputes:
-            raise ConfigError(f"--recompute_inner_steps applies to MAML's inner loop (maml, meta_sgd, anil, llama, "
-                              f"mmaml), not to --algorithm={self.algorithm}.")
+            raise ConfigError(f"--recompute_inner_steps applies to MAML's inner loop (maml, meta_sgd, anil, maml++, "
+                              f"llama, mmaml), not to --algorithm={self.algorithm}.")
         if self.recompute_inner_steps and self.mixed_precision:
             raise ConfigError("--recompute_inner_steps does not support --mixed_precision (loss scaling).")
         if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:

@@ -56,3 +56,17 @@ def test_recompute_flag_applies_to_maml_s_inner_loop_only():
         Config(algorithm="reptile", recompute_inner_steps=True).validate()
     with pytest.raises(ConfigError, match="mixed_precision"):
         Config(recompute_inner_steps=True, mixed_precision=True).validate()
+
+
+@pytest.mark.parametrize("msl", [False, True])
+def test_recomputed_maml_plus_plus_with_per_step_batch_norm_equals_the_stored_one(msl):
+    from maml_tf.algorithms import MAMLPlusPlus
+    from tests.test_mamlpp import image_batch, plain, tiny_per_step_net
+
+    learners = [MAMLPlusPlus(tiny_per_step_net(3), losses.mean_xent, recompute_inner_steps=r,
+                             **plain(msl=msl, lslr=True, msl_epochs=5)) for r in (False, True)]
+    for i in range(3):
+        results = [learner.train_step(image_batch(tasks=2, seed=i)) for learner in learners]
+        np.testing.assert_allclose(results[1]["objective_loss"], results[0]["objective_loss"], rtol=1e-12)
+    for a, b in zip(*[learner.meta_variables + learner.model.non_trainable_variables for learner in learners]):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-12)

@@ -216,11 +216,11 @@ class MAMLPlusPlus(MAML):
         return results
 
     # ----------------------------------------------- running statistics
-    def task_forward(self, view, params, tasks, num_steps, query_steps):
+    def task_forward(self, view, params, tasks, num_steps, query_steps, own_gradient=False):
         if "moments" not in self.extra_task_outputs():
-            return super().task_forward(view, params, tasks, num_steps, query_steps)
+            return super().task_forward(view, params, tasks, num_steps, query_steps, own_gradient)
         with collect_moments() as records:
-            out = super().task_forward(view, params, tasks, num_steps, query_steps)
+            out = super().task_forward(view, params, tasks, num_steps, query_steps, own_gradient)
         # One row per (layer, statistics index) seen: the mean over its passes of the batch moments.
         rows = {}
         for layer, k, mean, var in records:
@@ -230,6 +230,10 @@ class MAMLPlusPlus(MAML):
                                                tf.add_n([v for _, v in seen]) / len(seen)], 0)
                                     for _, _, seen in rows.values()], 0)
         return out
+
+    def recomputed_meta_gradient(self, *args):
+        with collect_moments():  # The recomputed passes repeat the forward's moments: not counted again.
+            return super().recomputed_meta_gradient(*args)
 
     def _update_statistics(self, moments) -> None:
         """Running statistics <- their EMA with the batch's moments (mean over tasks), the momentum

@@ -147,6 +147,7 @@ class MAMLPPOptions(AlgorithmOptions):
     (total_iter_per_epoch: 500), --stop_grad (second_order=False), --norm (batch_norm or None)."""
 
     fixed_on_resume: ClassVar[Tuple[str, ...]] = ("metatrain_iterations",)  # It sets the annealing's epochs.
+    recomputes: ClassVar[bool] = True
 
     msl: bool = option(True, "multi-step loss: the query loss after every inner step, weighted as the authors "
                              "(annealed toward the last step).")
