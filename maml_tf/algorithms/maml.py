@@ -280,9 +280,10 @@ class MAML(MetaLearner):
         keys += ["objective_term"] if term else []
         backend = self.execution.backend(batch)
         own_gradient = with_gradients and self.recompute_inner_steps  # The task function differentiates itself.
-        per_task = backend.run(self, lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps,
-                                                                              own_gradient),
-                               list(params), batch, keys + ["grads"] * own_gradient, with_gradients and not own_gradient)
+        task_fn = lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps,  # noqa: E731
+                                                           own_gradient)
+        per_task = backend.run(self, task_fn, list(params), batch, keys + ["grads"] * own_gradient,
+                               with_gradients and not own_gradient)
         if own_gradient:
             per_task["grads"] = [tf.reduce_mean(g, 0) for g in per_task["grads"]]
         # Totals as the original: sums over tasks divided by the meta-batch size.
