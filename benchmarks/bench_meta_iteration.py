@@ -6,8 +6,11 @@ pixels (`--data=synthetic`, no data set needed) or the real task pipeline
 (`--data=real`, needs the prepared data). Reports the median, min and max over
 `--iterations` steps after `--warmup` steps, the median time a step waited for
 its batch (`batch_wait_median_s`: whether the input pipeline keeps up), the
-peak resident memory of the process (TensorFlow included) and, on a GPU, the
-peak device memory.
+peak resident memory of the process (TensorFlow included), and the peak
+memory of TensorFlow's tensors during the timed steps (`peak_tensors_gb`, the
+allocator's own count, reset after warm-up): on a GPU always, on the CPU with
+`TF_CPU_ALLOCATOR_USE_BFC=true` in the environment (TensorFlow's BFC allocator
+on the CPU, which keeps that count).
 
     python benchmarks/bench_meta_iteration.py --preset=omniglot5 --iterations=30
     python benchmarks/bench_meta_iteration.py --preset=omniglot5 --set=algorithm=reptile,meta_batch_size=5
@@ -94,8 +97,11 @@ def main(_):
     else:
         tasks = synthetic_batches(config)
     gpu = bool(tf.config.list_physical_devices("GPU"))
+    device = "GPU:0" if gpu else "CPU:0"
     times, waits = [], []
     for i in range(FLAGS.warmup + FLAGS.iterations):
+        if i == FLAGS.warmup:
+            reset_tensor_memory(tf, device)
         start = time.perf_counter()
         batch = next(tasks)
         if i >= FLAGS.warmup:
@@ -109,10 +115,26 @@ def main(_):
               "median_s": round(float(np.median(times)), 5), "min_s": round(float(np.min(times)), 5),
               "max_s": round(float(np.max(times)), 5), "batch_wait_median_s": round(float(np.median(waits)), 5),
               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+              "peak_tensors_gb": peak_tensor_memory_gb(tf, device),
               "device": "GPU" if gpu else "CPU", "cpus": os.cpu_count(), "tensorflow": tf.__version__}
-    if gpu:
-        report["peak_gpu_gb"] = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1024 ** 3, 3)
     print(json.dumps(report))
+
+
+def reset_tensor_memory(tf, device: str) -> None:
+    """Resets the allocator's peak count of `device` (where it keeps one)."""
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+    except ValueError:
+        pass
+
+
+def peak_tensor_memory_gb(tf, device: str):
+    """The peak memory of `device`'s tensors since `reset_tensor_memory`, or None where the allocator does not
+    count it (the CPU without `TF_CPU_ALLOCATOR_USE_BFC=true`)."""
+    try:
+        return round(tf.config.experimental.get_memory_info(device)["peak"] / 1024 ** 3, 4)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

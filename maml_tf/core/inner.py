@@ -211,11 +211,14 @@ def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence
     grad_params = [tf.zeros_like(p) for p in params]
     grad_w = [tf.zeros_like(w) for w in history[-1]]
     for k in reversed(range(len(history) - 1)):
-        w = [tf.identity(t) for t in history[k]]  # Fresh tensors: sources distinct from `params`.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(w)
-            tape.watch(params)
-            new, loss = step_fn(k, w, params)
+        # In a graph, step k's recomputation could start as soon as its inputs exist, keeping every step's
+        # activations alive at once: it waits for step k + 1's backward pass instead.
+        with tf.control_dependencies(grad_w):
+            w = [tf.identity(t) for t in history[k]]  # Fresh tensors: sources distinct from `params`.
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(w)
+                tape.watch(params)
+                new, loss = step_fn(k, w, params)
         targets, seeds = list(new), list(grad_w)
         if loss is not None:
             targets.append(loss)
