@@ -2,7 +2,8 @@
 # MMAML's regression table (docs/results.md): MAML, Multi-MAML and MMAML on 2, 3 and 5 modes, the authors' settings
 # (vuoristo/MMAML-Regression's README commands): 5 support and 5 query points, noise 0.3, 3 x 100 network without
 # normalisation, 5 inner steps of 0.001, meta-batches of 25 tasks per mode. Trains ITERS iterations (default 10000;
-# the authors: 70000), then tests on 600 tasks (TEST_ONLY=1: only the test).
+# the authors: 70000), then tests on 600 tasks (TEST_ONLY=1: only the test). MMAML trains XLA-compiled
+# (--jit_compile=True: the same results up to rounding, several times faster on a CPU; benchmarks/README.md).
 # Usage: bash benchmarks/mmaml_runs.sh RUN
 #   RUN: {maml,multimaml,mmaml}{2,3,5}. multimaml: one MAML per mode, told the mode (--task_mode=k), each trained
 #        on 25 tasks of its mode per batch and tested on its mode's tasks; summarize_mmaml.py averages the modes.
@@ -16,8 +17,8 @@ COMMON="--datasource=multimodal_regression --num_modes=$MODES --norm=None --num_
 case $RUN in
   maml?)      JOBS=("--algorithm=maml --meta_batch_size=$((25 * MODES))") ;;
   multimaml?) JOBS=(); for k in $(seq 0 $((MODES - 1))); do JOBS+=("--algorithm=maml --meta_batch_size=25 --task_mode=$k"); done ;;
-  mmaml2)     JOBS=("--algorithm=mmaml --meta_batch_size=50 --mmaml_modulated_layers=1") ;;  # Their 2-mode command.
-  mmaml3|mmaml5) JOBS=("--algorithm=mmaml --meta_batch_size=$((25 * MODES))") ;;
+  mmaml2)     JOBS=("--algorithm=mmaml --meta_batch_size=50 --mmaml_modulated_layers=1 --jit_compile=True") ;;  # Their 2-mode command.
+  mmaml3|mmaml5) JOBS=("--algorithm=mmaml --meta_batch_size=$((25 * MODES)) --jit_compile=True") ;;
   *) echo "unknown run $RUN"; exit 2 ;;
 esac
 mkdir -p logs/runs
