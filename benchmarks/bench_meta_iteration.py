@@ -92,7 +92,7 @@ def main(_):
     config = Config(**overrides).validate()
     train.configure_threads(config)  # As main.py.
     algo = train.build_algorithm(config)
-    if config.datasource == "sinusoid" or FLAGS.data == "real":
+    if not config.classification or FLAGS.data == "real":  # Regression tasks come from their sampler.
         tasks = make_tasks(config, "train", 0).batches(config.meta_batch_size)
     else:
         tasks = synthetic_batches(config)
