@@ -198,11 +198,12 @@ class MAML(MetaLearner):
         return out
 
     def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks: TaskBatch, history: Sequence,
-                            has_term: bool) -> list:
+                                 has_term: bool) -> list:
         """`task_forward`'s objective differentiated with respect to `params` by recomputing the inner steps of
         `history` one at a time in the backward pass (`maml_tf.core.inner.recomputed_gradient`). Everything a
         step depends on (the task's view, the inner optimiser, the algorithm's own meta-parameters) is rebuilt
-        from `params` inside the step's tape, so that their gradients flow."""
+        from `params` inside the step's tape, so that their gradients flow. The inner optimisers of the
+        algorithms that allow it are stateless (SGD with fixed or learned step sizes)."""
         weights_over_steps = self.objective_weights()
         needed = objective.steps_needed(weights_over_steps)
         last = max(needed + [self.objective_step] * has_term)
