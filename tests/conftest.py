@@ -17,3 +17,18 @@ def shared_path(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing (../shared is not beside the repository)")
     return path
+
+
+def assert_metamodel_fits_saves_and_loads(meta, batches, tmp_path) -> None:
+    """`meta` (a compiled `MetaModel`) fits one epoch of `batches` (TaskBatches) to a finite loss, and a `.keras`
+    file of it loads with equal meta-parameters."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(field) for field in zip(*batches)))
+    assert np.isfinite(meta.fit(data, epochs=1, verbose=0).history["loss"][0])
+    meta.save(str(tmp_path / "meta.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
+    for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -21,6 +21,7 @@ from maml_tf.core.inner import inner_loop
 from maml_tf.core.particles import particle_forward, stack
 from maml_tf.core.svgd import svgd, svgd_direction
 from maml_tf.data.regression import LINE, SINE, FunctionTasks
+from tests.conftest import assert_metamodel_fits_saves_and_loads
 from tests.test_meta_sgd_anil import batch64, fc64
 
 
@@ -369,11 +370,4 @@ def test_metamodel_fits_saves_and_loads(tmp_path, algorithm, options):
     model = networks.build_fc((1,), 1, [8, 8], "None", kernel_initializer="glorot_normal")
     meta = MetaModel(model, algorithm, loss="mse", num_inner_steps=1, seed=1, **options)
     meta.compile(optimizer=keras.optimizers.Adam(1e-3))
-    batches = list(FunctionTasks([SINE], 5, 5, seed=0).batches(4, 3))
-    data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(field) for field in zip(*batches)))
-    history = meta.fit(data, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    meta.save(str(tmp_path / "meta.keras"))
-    loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
-    for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert_metamodel_fits_saves_and_loads(meta, list(FunctionTasks([SINE], 5, 5, seed=0).batches(4, 3)), tmp_path)

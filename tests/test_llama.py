@@ -18,6 +18,7 @@ from maml_tf.core import kfac
 from maml_tf.core.execution import TaskView
 from maml_tf.core.hvp import conjugate_gradient, hvp
 from maml_tf.data.regression import SINE, FunctionTasks
+from tests.conftest import assert_metamodel_fits_saves_and_loads
 from tests.test_meta_sgd_anil import batch64, fc64
 
 
@@ -244,13 +245,7 @@ def test_metamodel_fits_saves_and_loads_llama(tmp_path):
     model = networks.build_fc((1,), 1, [8, 8], "None", kernel_initializer="glorot_normal")
     meta = MetaModel(model, "llama", loss="mse", inner_lr=0.01, num_inner_steps=1, eta=1e-3, seed=1)
     meta.compile(optimizer=keras.optimizers.Adam(1e-3))
-    batches = list(FunctionTasks([SINE], 5, 5, seed=0).batches(4, 3))
-    data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(field) for field in zip(*batches)))
-    assert np.isfinite(meta.fit(data, epochs=1, verbose=0).history["loss"][0])
-    meta.save(str(tmp_path / "meta.keras"))
-    loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
-    for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert_metamodel_fits_saves_and_loads(meta, list(FunctionTasks([SINE], 5, 5, seed=0).batches(4, 3)), tmp_path)
 
 
 class _FixedLogits:

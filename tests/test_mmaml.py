@@ -17,7 +17,7 @@ from maml_tf.core.inner import sgd, with_gradient_clipping
 from maml_tf.core.outer import clip_by_norm
 from maml_tf.data import make_tasks
 from maml_tf.data.regression import L1_NORM, LINE, MULTIMODAL, QUADRATIC, SINE, TANH, FunctionTasks
-from tests.conftest import shared_path
+from tests.conftest import assert_metamodel_fits_saves_and_loads, shared_path
 from tests.test_meta_sgd_anil import batch64, fc64
 
 
@@ -229,12 +229,7 @@ def test_metamodel_fits_saves_and_loads_mmaml(tmp_path):
     meta = MetaModel(model, "mmaml", loss="mse", inner_lr=0.01, num_inner_steps=1)
     meta.compile(optimizer=keras.optimizers.Adam(1e-3))
     batches = list(FunctionTasks(MULTIMODAL[:2], 5, 5, seed=0, balanced=True).batches(4, 2))
-    data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(field) for field in zip(*batches)))
-    assert np.isfinite(meta.fit(data, epochs=1, verbose=0).history["loss"][0])
-    meta.save(str(tmp_path / "meta.keras"))
-    loaded = keras.models.load_model(str(tmp_path / "meta.keras"))
-    for a, b in zip(meta.learner.meta_variables, loaded.learner.meta_variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert_metamodel_fits_saves_and_loads(meta, batches, tmp_path)
 
 
 def test_image_encoder_meta_trains_on_omniglot():
