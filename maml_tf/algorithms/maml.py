@@ -281,8 +281,12 @@ class MAML(MetaLearner):
         keys += ["objective_term"] if term else []
         backend = self.execution.backend(batch)
         own_gradient = with_gradients and self.recompute_inner_steps  # The task function differentiates itself.
-        task_fn = lambda view, p, tasks: self.task_forward(view, p, tasks, num_steps, query_steps,  # noqa: E731
-                                                           own_gradient)
+
+        def task_fn(view, p, tasks):
+            if own_gradient:
+                return self.task_forward(view, p, tasks, num_steps, query_steps, own_gradient=True)
+            return self.task_forward(view, p, tasks, num_steps, query_steps)  # A variant's may not take it (EMAML).
+
         per_task = backend.run(self, task_fn, list(params), batch, keys + ["grads"] * own_gradient,
                                with_gradients and not own_gradient)
         if own_gradient:
