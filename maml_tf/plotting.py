@@ -101,8 +101,8 @@ def plot_task_embeddings(algo, tasks, path: str, title: str = "") -> str:
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of the variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%})")
     ax.legend(fontsize=8, markerscale=2)
-    ax.set_title(title or f"Task embeddings of {len(tasks)} tasks (PCA); {separated:.0%} nearest to their mode's mean",
-                 fontsize=9)
+    ax.set_title(title or f"Task embeddings of {len(tasks)} tasks (PCA)\n{separated:.0%} nearest to their mode's mean "
+                          "embedding", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
