@@ -80,10 +80,12 @@ SPEED = {
     # same shapes: the BMAML sinusoid config above and the Omniglot README command.
     "sinusoid_llama": ("sinusoid", ["algorithm=llama", "meta_batch_size=10", "norm=None"], None),
     "omniglot5_llama": ("omniglot5", ["algorithm=llama"], None),
-    # MMAML (an LSTM encoder and FiLM per task, tasks one at a time), XLA-compiled or not, and MAML at its shapes.
+    # MMAML (an encoder and FiLM per task, tasks one at a time) beside MAML at the same shapes: the authors'
+    # 5-mode regression (LSTM encoder; XLA-compiled or not) and the Omniglot README command (conv encoder).
     "multimodal5_maml": ("multimodal5", [], None),
     "multimodal5_mmaml": ("multimodal5", ["algorithm=mmaml"], None),
     "multimodal5_mmaml_xla": ("multimodal5", ["algorithm=mmaml", "jit_compile=True"], None),
+    "omniglot5_mmaml": ("omniglot5", ["algorithm=mmaml"], None),
 }
 
 # iMAML paper, Figure 2: Omniglot 20-way 5-shot, one task per meta-batch, growing inner steps.
