@@ -45,7 +45,7 @@ _SUPPORTED = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.Flatten,
               keras.layers.GlobalAveragePooling2D) + _ELEMENTWISE + _POOLING + _NORMS
 
 
-def _chain(model: keras.Model) -> Optional[list]:
+def chain_layers(model: keras.Model) -> Optional[list]:
     """The model's layers in order if each takes the previous one's single output, else None."""
     if isinstance(model, keras.Sequential):
         return list(model.layers)
@@ -66,7 +66,7 @@ def _chain(model: keras.Model) -> Optional[list]:
 def unsupported_reason(model: keras.Model, grouped_convolutions: bool = True) -> Optional[str]:
     """Why `model` cannot run task-batched (None if it can). `grouped_convolutions=False`: whether it is a chain
     of these layers at all, for a per-task pass (K-FAC's), without the grouped convolutions' dtype limit."""
-    layers = _chain(model)
+    layers = chain_layers(model)
     if layers is None:
         return "it is not a single-input chain of layers (Sequential or linear functional model)"
     if model.non_trainable_variables:
@@ -105,7 +105,7 @@ class TaskBatchedNetwork:
         if reason is not None:
             raise ValueError(f"Model {model.name!r} cannot run task-batched: {reason}.")
         self.model = model
-        self.layers = _chain(model)
+        self.layers = chain_layers(model)
         self.convolutional = any(isinstance(layer, keras.layers.Conv2D) for layer in self.layers)
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
         # Per layer: the indices of its weights; per weight: grouped (conv stage) or task layout.

@@ -197,9 +197,14 @@ def test_inner_gradient_clipping_and_group_norm_clipping():
         assert float(tf.linalg.global_norm(part)) <= 1e-3 * (1 + 1e-9)
 
 
-def test_a_model_without_a_condition_argument_is_refused():
+def test_a_model_without_a_condition_argument_and_a_branching_network_are_refused():
     with pytest.raises(ValueError, match="must take a `condition` argument"):
         MMAML(fc64(), losses.mse, inner_lr=0.1, num_inner_steps=1)
+    inputs = keras.Input((1,))
+    h = keras.layers.ReLU()(keras.layers.Dense(4)(inputs))
+    branching = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(4)(h), h]))
+    with pytest.raises(ValueError, match="single-input chain of layers"):
+        Modulated(branching)
 
 
 # ------------------------------------------------------------ programs

@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from maml_tf.algorithms.base import cast_floats
 from maml_tf.algorithms.maml import MAML
+from maml_tf.batched import chain_layers
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, sgd, with_gradient_clipping
 from maml_tf.core.outer import clip_by_norm
@@ -97,7 +98,10 @@ class Modulated(keras.Model):
     def __init__(self, network: keras.Model, modulation: str = "film", **kwargs):
         if modulation not in MODULATIONS:
             raise ValueError(f"Unknown modulation {modulation!r}; choose one of {', '.join(MODULATIONS)}.")
-        chain = [layer for layer in network.layers if not isinstance(layer, keras.layers.InputLayer)]
+        chain = chain_layers(network)
+        if chain is None:
+            raise ValueError(f"Modulated wraps a single-input chain of layers (a Sequential or linear functional "
+                             f"model); {network.name!r} is not one.")
         # Keras casts a model's inputs to its compute dtype: the layers', not float32 (a float64 network stays exact).
         kwargs.setdefault("dtype", chain[0].dtype_policy)
         super().__init__(name=kwargs.pop("name", f"modulated_{network.name}"), **kwargs)

@@ -45,7 +45,7 @@ from typing import List, NamedTuple, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.batched import _chain, unsupported_reason
+from maml_tf.batched import chain_layers, unsupported_reason
 
 LIKELIHOODS = ("gaussian", "categorical")
 
@@ -96,11 +96,11 @@ class KFAC:
             raise ValueError(f"K-FAC needs a chain of supported layers; model {model.name!r} is not: {reason}.")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
-        if any(layer.compute_dtype == "float16" for layer in _chain(model)):
+        if any(layer.compute_dtype == "float16" for layer in chain_layers(model)):
             raise ValueError("K-FAC runs in the variables' dtype; model layers computing in float16 (mixed precision) "
                              "are not supported.")
         self.model, self.likelihood = model, likelihood
-        self.layers = _chain(model)
+        self.layers = chain_layers(model)
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
         adapted = set(split.adapted_indices)
         self.layer_weights = [[index[id(v)] for v in layer.trainable_variables] for layer in self.layers]
