@@ -6,7 +6,9 @@
 # (--jit_compile=True: the same results up to rounding, several times faster on a CPU; benchmarks/README.md).
 # Usage: bash benchmarks/mmaml_runs.sh RUN
 #   RUN: {maml,multimaml,mmaml}{2,3,5}. multimaml: one MAML per mode, told the mode (--task_mode=k), each trained
-#        on 25 tasks of its mode per batch and tested on its mode's tasks; summarize_mmaml.py averages the modes.
+#        on 25 tasks of its mode per batch and tested on its mode's tasks; summarize_mmaml.py pools the modes.
+#        MAML and Multi-MAML clip the meta-gradient to norm 2 (--clip_norm=2), as the authors' baselines
+#        (CLIP=0: the original MAML's unclipped update; MMAML clips its own, --mmaml_clip_norm).
 # Logs: logs/runs/RUN[.k].log and .test.log; outputs under logs/mmaml/.
 set -uo pipefail
 RUN=$1
@@ -15,8 +17,8 @@ MODES=${RUN: -1}
 COMMON="--datasource=multimodal_regression --num_modes=$MODES --norm=None --num_updates=5 --update_lr=0.001
         --update_batch_size=5 --metatrain_iterations=$ITERS --progress=False --logdir=logs/mmaml/"
 case $RUN in
-  maml?)      JOBS=("--algorithm=maml --meta_batch_size=$((25 * MODES))") ;;
-  multimaml?) JOBS=(); for k in $(seq 0 $((MODES - 1))); do JOBS+=("--algorithm=maml --meta_batch_size=25 --task_mode=$k"); done ;;
+  maml?)      JOBS=("--algorithm=maml --meta_batch_size=$((25 * MODES)) --clip_norm=${CLIP:-2}") ;;
+  multimaml?) JOBS=(); for k in $(seq 0 $((MODES - 1))); do JOBS+=("--algorithm=maml --meta_batch_size=25 --task_mode=$k --clip_norm=${CLIP:-2}"); done ;;
   mmaml2)     JOBS=("--algorithm=mmaml --meta_batch_size=50 --mmaml_modulated_layers=1 --jit_compile=True") ;;  # Their 2-mode command.
   mmaml3|mmaml5) JOBS=("--algorithm=mmaml --meta_batch_size=$((25 * MODES)) --jit_compile=True") ;;
   *) echo "unknown run $RUN"; exit 2 ;;

@@ -1,8 +1,9 @@
 """MMAML's regression table from the test outputs of `benchmarks/mmaml_runs.sh` (docs/results.md).
 
 For 2, 3 and 5 modes: the query MSE after `--step` inner steps (default 5, as trained) of MAML, Multi-MAML
-(one MAML per mode, each tested on its mode's 600 tasks; the modes pooled) and MMAML, with 95% intervals over
-the tasks, then each mode's mean (the test tasks of a multimodal run are the modes in turn: task i is of mode
+(one MAML per mode, each tested on its mode's 600 tasks; the modes pooled), both with the meta-gradient clipped
+to norm 2 as the authors' baselines and, where run (`CLIP=0`), without, and MMAML, with 95% intervals over the
+tasks, then each mode's mean (the test tasks of a multimodal run are the modes in turn: task i is of mode
 i % modes).
 
 Usage: python benchmarks/summarize_mmaml.py [--logdir=logs/mmaml] [--step=5]
@@ -29,18 +30,19 @@ def load(path: str, step: int) -> np.ndarray:
 def runs(logdir: str, modes: int, step: int) -> dict:
     """`{method: (values [tasks], modes_of_tasks [tasks])}` of what exists for `modes`."""
     stem = "test_ubs5_stepsize0.001.pkl"
-    base = os.path.join(logdir, f"cls_5.mbs_{25 * modes}.ubs_5.numstep5.updatelr0.001nonorm.modes{modes}")
+    name = "cls_5.mbs_{}.ubs_5.numstep5.updatelr0.001nonorm{}.modes{}{}"
     found = {}
-    if os.path.exists(os.path.join(base, stem)):
-        values = load(os.path.join(base, stem), step)
-        found["MAML"] = values, np.arange(len(values)) % modes
-    parts = [os.path.join(logdir, f"cls_5.mbs_25.ubs_5.numstep5.updatelr0.001nonorm.modes{modes}.mode{k}", stem)
-             for k in range(modes)]
-    if all(os.path.exists(p) for p in parts):
-        values = [load(p, step) for p in parts]
-        found["Multi-MAML"] = np.concatenate(values), np.concatenate([np.full(len(v), k) for k, v in
-                                                                      enumerate(values)])
-    mmaml = sorted(glob.glob(base + ".mmaml.film*/" + stem))
+    for clip, label in ((".clipnorm2", ""), ("", ", no clipping")):
+        path = os.path.join(logdir, name.format(25 * modes, clip, modes, ""), stem)
+        if os.path.exists(path):
+            values = load(path, step)
+            found["MAML" + label] = values, np.arange(len(values)) % modes
+        parts = [os.path.join(logdir, name.format(25, clip, modes, f".mode{k}"), stem) for k in range(modes)]
+        if all(os.path.exists(p) for p in parts):
+            values = [load(p, step) for p in parts]
+            found["Multi-MAML" + label] = np.concatenate(values), np.concatenate([np.full(len(v), k) for k, v in
+                                                                                  enumerate(values)])
+    mmaml = sorted(glob.glob(os.path.join(logdir, name.format(25 * modes, "", modes, ".mmaml.film*"), stem)))
     if mmaml:
         values = load(mmaml[0], step)
         found["MMAML (FiLM)"] = values, np.arange(len(values)) % modes

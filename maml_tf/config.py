@@ -44,6 +44,9 @@ class Config:
     metatrain_iterations: int = option(15000, "number of metatraining iterations.")
     meta_batch_size: int = option(25, "number of tasks sampled per meta-update")
     meta_lr: float = option(0.001, "the outer (meta) optimiser's step size.")
+    clip_norm: float = option(0.0, "MAML and its variants: clip the meta-gradient to this global norm before the "
+                                   "outer update (0: not clipped, as the original; MMAML's authors clip their MAML "
+                                   "baselines to 2; MMAML: --mmaml_clip_norm).")
     update_batch_size: int = option(5, "number of examples used for inner gradient update (K for K-shot learning).")
     update_lr: float = option(1e-3, "step size alpha for inner gradient update.")
     num_updates: int = option(1, "number of inner gradient updates during training.")
@@ -176,6 +179,12 @@ class Config:
                               f"got {self.task_mode}.")
         if self.task_mode != -1 and self.datasource != "multimodal_regression":
             raise ConfigError("--task_mode needs --datasource=multimodal_regression.")
+        if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
+            raise ConfigError(f"--clip_norm must be a finite non-negative number; got {self.clip_norm}.")
+        if self.clip_norm and self.algorithm in ("reptile", "imaml", "mmaml"):
+            raise ConfigError("--clip_norm applies to MAML and its variants"
+                              + (": MMAML's is --mmaml_clip_norm." if self.algorithm == "mmaml"
+                                 else f", not to --algorithm={self.algorithm}."))
         if self.recompute_inner_steps and not self.options.recomputes:
             raise ConfigError(f"--recompute_inner_steps applies to MAML's inner loop (maml, meta_sgd, anil, maml++, "
                               f"llama, mmaml), not to --algorithm={self.algorithm}.")
@@ -281,6 +290,8 @@ class Config:
         if self.baseline:
             s += self.baseline
         s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
+        if self.clip_norm:  # Port-only.
+            s += f".clipnorm{self.clip_norm:g}"
         if self.datasource == "multimodal_regression":  # Port-only: one folder per task distribution.
             s += f".modes{self.num_modes}" + (f".mode{self.task_mode}" if self.task_mode >= 0 else "")
         if self.algorithm != "maml":  # Port-only: other algorithms get their own folder; MAML keeps the original's.

@@ -80,6 +80,8 @@ def test_multimodal_datasource_modes_task_mode_and_resumed_stream():
     (dict(datasource="sinusoid", task_mode=0), "--task_mode needs --datasource=multimodal_regression"),
     (dict(algorithm="mmaml", mmaml_modulation="gate"), "--mmaml_modulation must be one of"),
     (dict(algorithm="mmaml", mmaml_clip_norm=-1.0), "--mmaml_clip_norm must be at least 0"),
+    (dict(algorithm="mmaml", clip_norm=2.0), "MMAML's is --mmaml_clip_norm"),
+    (dict(algorithm="reptile", clip_norm=2.0), "--clip_norm applies to MAML and its variants"),
 ])
 def test_bad_multimodal_flags_are_one_line_errors(flags, message):
     with pytest.raises(ConfigError, match=message):
@@ -194,7 +196,10 @@ def test_inner_gradient_clipping_and_group_norm_clipping():
     grads, _ = mmaml.meta_gradients(batch64())
     n = len(mmaml.model.trainable_variables)
     for part in (mmaml.clip(grads)[:n], mmaml.clip(grads)[n:]):
-        assert float(tf.linalg.global_norm(part)) <= 1e-3 * (1 + 1e-9)
+        assert float(tf.linalg.global_norm(part)) == pytest.approx(1e-3, rel=1e-9)
+    maml = MAML(fc64(), losses.mse, inner_lr=0.1, num_inner_steps=1, clip_norm=1e-3)  # --clip_norm: one group.
+    grads, _ = maml.meta_gradients(batch64())
+    np.testing.assert_allclose(maml.clip(grads)[0], grads[0] * 1e-3 / tf.linalg.global_norm(grads), rtol=1e-9)
 
 
 def test_a_model_without_a_condition_argument_and_a_branching_network_are_refused():

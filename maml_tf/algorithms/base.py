@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.core.execution import Execution
-from maml_tf.core.outer import DynamicLossScale, clip_by_value, outer_update
+from maml_tf.core.outer import DynamicLossScale, clip_by_norm, clip_by_value, outer_update
 from maml_tf.functional import ParameterSplit, current_non_trainable, functional_call, is_seed_state, training_kwargs
 from maml_tf.types import TaskBatch
 
@@ -64,6 +64,7 @@ class MetaLearner:
     objective_step = 0
     update_moving_statistics = False  # MAML's option; see `refresh_statistics`.
     clip_value: Optional[float] = None
+    clip_norm: Optional[float] = None  # See `clip_groups`.
     library_defaults: dict = {}  # Keyword defaults of `maml_tf.meta_learner` / `MetaModel` (not of main.py).
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, metric_fn: Optional[Callable], adapt,
@@ -154,15 +155,22 @@ class MetaLearner:
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tf.nest.map_structure(lambda g: g / tf.cast(scale, g.dtype), grads)
 
+    def clip_groups(self) -> list:
+        """Sizes of the consecutive groups of `meta_variables` whose meta-gradients are each clipped to the norm
+        `clip_norm`: one group (MMAML: the network's, then the encoder's)."""
+        return [len(self.meta_variables)]
+
     def outer_step(self, grads: Sequence, optimizer) -> dict:
-        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): clipping with
-        `clip_value`, the loss-scale guard, then `optimizer` (a Keras optimiser or `apply(grads, variables)`)."""
-        return outer_update(grads, self.meta_variables, optimizer, clip_value=self.clip_value,
-                            loss_scale=self.loss_scale)
+        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): clipping to the norm
+        `clip_norm` and elementwise with `clip_value`, the loss-scale guard, then `optimizer` (a Keras optimiser or
+        `apply(grads, variables)`)."""
+        return outer_update(clip_by_norm(grads, self.clip_norm, self.clip_groups()), self.meta_variables, optimizer,
+                            clip_value=self.clip_value, loss_scale=self.loss_scale)
 
     def clip(self, grads: Sequence) -> list:
-        """The meta-gradient as `outer_step` applies it: clipped elementwise to `clip_value` (if set)."""
-        return clip_by_value(grads, self.clip_value)
+        """The meta-gradient as `outer_step` applies it: clipped to the norm `clip_norm` and elementwise to
+        `clip_value` (each if set)."""
+        return clip_by_value(clip_by_norm(grads, self.clip_norm, self.clip_groups()), self.clip_value)
 
     # ------------------------------------------------------------ execution
     @property

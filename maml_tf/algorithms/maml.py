@@ -56,6 +56,7 @@ class MAML(MetaLearner):
       metric_fn: optional `metric_fn(outputs, labels) -> scalar` per task
         (accuracy for classification).
       clip_value: clip each meta-gradient element to [-clip_value, clip_value].
+      clip_norm: clip the meta-gradient to this global norm first (`--clip_norm`).
       optimizer: outer optimiser (default: TF1-style Adam with `meta_lr`).
       pretrain_optimizer: optimiser of the pretraining phase (default: a
         separate TF1-style Adam, as the original).
@@ -87,7 +88,7 @@ class MAML(MetaLearner):
                  meta_lr: float = 1e-3, training: bool = True, update_moving_statistics: bool = False,
                  return_outputs: bool = True, batch_tasks: Optional[bool] = None,
                  task_groups: Optional[int] = None, batched_conv_max_support: int = 10,
-                 recompute_inner_steps: bool = False):
+                 recompute_inner_steps: bool = False, clip_norm: Optional[float] = None):
         if num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be at least 1; got {num_inner_steps}.")
         super().__init__(model, loss_fn, metric_fn=metric_fn, adapt=adapt, training=training,
@@ -101,7 +102,7 @@ class MAML(MetaLearner):
         self.inner_lr = float(inner_lr)
         self.num_inner_steps = int(num_inner_steps)
         self.first_order = bool(first_order)
-        self.clip_value = clip_value
+        self.clip_value, self.clip_norm = clip_value, clip_norm
         self.update_moving_statistics = update_moving_statistics
         self.return_outputs = return_outputs
         self.objective_step = self.num_inner_steps - 1  # Index of the meta-objective in `total_losses2`.
@@ -152,7 +153,7 @@ class MAML(MetaLearner):
                     clip_value=config.clip_value, meta_lr=config.meta_lr,
                     batch_tasks=None if config.batch_tasks else False, task_groups=config.task_groups or None,
                     batched_conv_max_support=config.batched_conv_max_support,
-                    recompute_inner_steps=config.recompute_inner_steps)
+                    recompute_inner_steps=config.recompute_inner_steps, clip_norm=config.clip_norm or None)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         """What a checkpoint must hold to resume exactly: weights and both Adam states."""

@@ -57,7 +57,6 @@ from maml_tf.algorithms.maml import MAML
 from maml_tf.batched import chain_layers
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, sgd, with_gradient_clipping
-from maml_tf.core.outer import clip_by_norm
 from maml_tf.functional import current_non_trainable, takes_argument
 from maml_tf.networks import BatchNormTF1
 
@@ -262,9 +261,9 @@ class MMAML(MAML):
         self.encoder = encoder if encoder is not None else task_encoder(model)
         if not self.encoder.built or not self.encoder.trainable_variables:
             raise ValueError("The encoder must be a built Keras model with trainable weights (call it once).")
-        self.inner_grad_clip, self.clip_norm = inner_grad_clip, clip_norm
+        self.inner_grad_clip = inner_grad_clip
         maml_options["batch_tasks"] = False  # Each task's network is modulated by its own condition.
-        super().__init__(model, loss_fn, **maml_options)
+        super().__init__(model, loss_fn, clip_norm=clip_norm, **maml_options)
 
     @classmethod
     def build_model(cls, config) -> keras.Model:
@@ -316,11 +315,8 @@ class MMAML(MAML):
         """`task_embedding`: the encoder's embedding of one task's support set (what its heads read)."""
         return self.encode(self.unpack(self.params())[1], support_x, support_y)[0]
 
-    def clip(self, grads: Sequence) -> list:
-        """The network's and the encoder's meta-gradients, each clipped to norm `clip_norm` (then `clip_value`)."""
+    def clip_groups(self) -> list:
+        """The network's and the encoder's meta-gradients are clipped to `clip_norm` each (the authors' two Adam
+        optimisers, each with its gradient-norm clipping)."""
         n = len(self.model.trainable_variables)
-        return super().clip(clip_by_norm(grads, self.clip_norm, [n, len(grads) - n]))
-
-    def outer_step(self, grads: Sequence, optimizer) -> dict:
-        n = len(self.model.trainable_variables)
-        return super().outer_step(clip_by_norm(grads, self.clip_norm, [n, len(grads) - n]), optimizer)
+        return [n, len(self.meta_variables) - n]
