@@ -213,22 +213,13 @@ def test_a_model_without_a_condition_argument_and_a_branching_network_are_refuse
 
 
 # ------------------------------------------------------------ programs
-def test_main_trains_resumes_and_tests_mmaml_on_multimodal_regression(tmp_path):
+def test_main_trains_and_tests_mmaml_on_multimodal_regression(tmp_path):
+    """(Its checkpoint holds the encoder: `test_conformance.py`'s round trip.)"""
     flags = dict(datasource="multimodal_regression", algorithm="mmaml", num_modes=3, norm="None", num_updates=2,
                  metatrain_iterations=2, meta_batch_size=3, logdir=str(tmp_path), num_test_tasks=3, progress=False,
                  mmaml_encoder_hidden=8)
-    train.run(Config(**flags))  # 2 iterations, then resumed to 4: the same weights as 4 in one go.
-    resumed, straight = Config(**{**flags, "metatrain_iterations": 4}), Config(
-        **{**flags, "metatrain_iterations": 4, "logdir": str(tmp_path / "straight")})
-    train.run(resumed)
-    train.run(straight)
-    readers = [tf.train.load_checkpoint(str(tmp_path / d / resumed.exp_string())) for d in (".", "straight")]
-    names = [n for n in readers[0].get_variable_to_shape_map()
-             if n not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")]
-    assert len(names) > 2 * 26  # Weights, encoder and Adam moments (3 x 16 network, 2-layer LSTM, 3 heads).
-    for name in names:
-        np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
-    result = train.run(Config(**{**flags, "metatrain_iterations": 4, "train": False}))
+    train.run(Config(**flags))
+    result = train.run(Config(**{**flags, "train": False}))
     assert result["values"].shape == (3, 11)
     assert open(result["embeddings_figure"], "rb").read(4) == b"\x89PNG"
 
