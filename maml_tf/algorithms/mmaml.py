@@ -40,8 +40,10 @@ Their 2-mode command modulates the first layer only
 (`--mmaml_modulated_layers=1`), the 3- and 5-mode ones every layer (default).
 
 Deliberate differences: the Keras LSTM has one bias per gate where PyTorch's
-has two (the same function class); the network's modulations are computed
-once per task and the inner loop runs on the modulated network, as theirs.
+has two (the same function class); tasks run one at a time (`tf.map_fn`),
+each network modulated by its own task's encoding, where the authors loop
+over tasks in Python. Their MAML baselines add a learned 20-unit "bias
+transformation" input, which `benchmarks/mmaml_runs.sh`'s do not.
 """
 
 from __future__ import annotations
