@@ -191,7 +191,8 @@ def test_inner_gradient_clipping_and_group_norm_clipping():
     grads = [tf.constant([3.0, 4.0]), tf.constant([0.1]), tf.constant([0.3, 0.4])]
     clipped = clip_by_norm(grads, 2.0, [1, 2])
     np.testing.assert_allclose(clipped[0], [1.2, 1.6], rtol=1e-6)  # Norm 5 -> 2.
-    np.testing.assert_allclose(clipped[1], [0.1]) and np.testing.assert_allclose(clipped[2], [0.3, 0.4])
+    np.testing.assert_allclose(clipped[1], [0.1])  # Norm 0.51 < 2: unchanged.
+    np.testing.assert_allclose(clipped[2], [0.3, 0.4])
     mmaml = mmaml64(clip_norm=1e-3)
     grads, _ = mmaml.meta_gradients(batch64())
     n = len(mmaml.model.trainable_variables)

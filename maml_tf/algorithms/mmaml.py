@@ -207,8 +207,7 @@ class ConvEncoder(keras.Model):
                       for i, s in enumerate(self.head_sizes)]
 
     def call(self, inputs, training=None):
-        x, _ = inputs
-        h = x
+        h, _ = inputs
         for conv, norm in zip(self.convs, self.norms):
             h = tf.nn.relu(norm(conv(h), training=training))
         h = self.dense(tf.reduce_mean(h, [1, 2]))

@@ -186,8 +186,7 @@ def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_
                       query_weights, tuple(history or ()))
 
 
-def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence[tf.Tensor], step_fn: Callable,
-                        gradient: Callable = None):
+def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence[tf.Tensor], step_fn: Callable):
     """The meta-gradient of an inner loop by recomputing each step in the backward pass (memory flat in the steps).
 
     The objective is `sum_k L_k(w_{k+1}, params)` over the trajectory `w_{k+1} = S_k(w_k, params)`, where
@@ -197,16 +196,9 @@ def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence
     its vector-Jacobian product taken (through the inner gradient: second order unless the step stops it), so
     that at most one step's activations are alive at a time, for about one more forward pass per step.
 
-    `gradient(tape, targets, sources, output_gradients)`: how to differentiate (default `tape.gradient`).
-
     Returns:
       `(d objective / d params, d objective / d w_0)`: the caller adds the second where `w_0` comes from `params`.
     """
-    def default(tape, targets, sources, output_gradients):
-        return tape.gradient(targets, sources, output_gradients=output_gradients,
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-    gradient = gradient or default
     params = list(params)
     grad_params = [tf.zeros_like(p) for p in params]
     grad_w = [tf.zeros_like(w) for w in history[-1]]
@@ -223,7 +215,8 @@ def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence
         if loss is not None:
             targets.append(loss)
             seeds.append(tf.ones_like(loss))
-        grad_w, step_params = gradient(tape, targets, [w, params], seeds)
+        grad_w, step_params = tape.gradient(targets, [w, params], output_gradients=seeds,
+                                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
         grad_params = [g + s for g, s in zip(grad_params, step_params)]
     return grad_params, grad_w
 
