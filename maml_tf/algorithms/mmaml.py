@@ -163,10 +163,16 @@ class RecurrentEncoder(keras.Model):
         super().__init__(**kwargs)
         self.head_sizes, self.hidden, self.num_layers = [int(s) for s in head_sizes], int(hidden), int(num_layers)
         init = keras.initializers.RandomUniform(-1.0 / math.sqrt(hidden), 1.0 / math.sqrt(hidden))  # PyTorch's.
-        self.rnns = [keras.layers.Bidirectional(
-            keras.layers.LSTM(hidden, return_sequences=True, unroll=True, kernel_initializer=init,
-                              recurrent_initializer=init, bias_initializer=init, unit_forget_bias=False,
-                              dtype=self.dtype_policy), dtype=self.dtype_policy) for _ in range(num_layers)]
+
+        def lstm(go_backwards: bool):
+            return keras.layers.LSTM(hidden, return_sequences=True, unroll=True, go_backwards=go_backwards,
+                                     kernel_initializer=init, recurrent_initializer=init, bias_initializer=init,
+                                     unit_forget_bias=False, dtype=self.dtype_policy)
+
+        # Both directions given: Keras would otherwise copy the forward layer through its serialisation, which
+        # inside `keras.models.load_model` can return the forward layer itself (object sharing keyed by `id`).
+        self.rnns = [keras.layers.Bidirectional(lstm(False), backward_layer=lstm(True), dtype=self.dtype_policy)
+                     for _ in range(num_layers)]
         self.heads = [_torch_dense(s, 2 * hidden, name=f"head{i + 1}", dtype=self.dtype_policy)
                       for i, s in enumerate(self.head_sizes)]
 
