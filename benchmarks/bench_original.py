@@ -11,12 +11,10 @@ repository does not include:
     python benchmarks/bench_original.py --original_dir=/tmp/cbfinn-maml --preset=omniglot5
     python benchmarks/bench_original.py --original_dir=/tmp/cbfinn-maml --check_golden   # the shim is faithful
 
-The unmodified `maml.py`/`utils.py` run under TF 2's `tf.compat.v1` with a
-small stand-in for the `tf.contrib` pieces they use (below): batch norm as TF
-1.0's `tf.contrib.layers.batch_norm` (beta only, epsilon 1e-3, batch
-statistics, moments from TF 1.0's shifted sufficient statistics, so their
-derivatives of every order are exact), layer norm, the Xavier initialisers and
-`tf.contrib.metrics.accuracy`. The graph is the original `main.py`'s training
+The unmodified `maml.py`/`utils.py` run under TF 2's `tf.compat.v1` with the
+stand-in for the `tf.contrib` pieces they use that `python -m maml_tf.compare`
+also uses (`maml_tf/original.py`: TF 1.0's batch norm with exact moments, layer
+norm, the Xavier initialisers, `tf.contrib.metrics.accuracy`). The graph is the original `main.py`'s training
 graph (`MAML(dim_input, dim_output, test_num_updates)` then
 `construct_model(prefix='metatrain_')`), fed through its placeholders with one
 random batch of the preset's shapes; each timed iteration is
@@ -36,13 +34,11 @@ through the same graph and compares the losses and meta-gradients with
 """
 
 import glob
-import importlib
 import json
 import os
 import resource
 import sys
 import time
-import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,13 +47,12 @@ from absl import app, flags, logging  # noqa: E402
 
 from presets import PRESETS  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from maml_tf.original import (ORIGINAL_FLAGS, OriginalError, build_model, import_original,  # noqa: E402
+                              set_original_flags)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, os.pardir, os.pardir, "shared", "golden")
-
-# The original main.py's flags that maml.py/utils.py read, with its defaults.
-ORIGINAL_FLAGS = dict(datasource="sinusoid", num_classes=5, meta_batch_size=25, meta_lr=0.001,
-                      metatrain_iterations=15000, update_batch_size=5, update_lr=1e-3, num_updates=1,
-                      norm="batch_norm", num_filters=64, conv=True, max_pool=False, stop_grad=False)
 
 flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml (maml.py, utils.py).")
 flags.DEFINE_enum("preset", "sinusoid", list(PRESETS), "configuration to time.")
@@ -80,96 +75,9 @@ flags.DEFINE_bool("count_convolutions", False, "also report the convolutions one
 FLAGS = flags.FLAGS
 
 
-# ------------------------------------------------------------ tf.contrib shim
-def _contrib(v1):
-    """The `tf.contrib` functions the original calls, in TF 1.0's semantics."""
-
-    def moments(x, axes):
-        if FLAGS.moments == "centred":  # As this port's networks.exact_normalize.
-            mean = v1.reduce_mean(x, axes, keepdims=True)
-            return mean, v1.reduce_mean(v1.square(x - mean), axes, keepdims=True)
-        # TF 1.0's nn.moments: shifted sufficient statistics; exact at every order as the shift cancels.
-        shift = v1.stop_gradient(v1.reduce_mean(x, axes, keepdims=True))
-        count = float(np.prod([x.shape[a] for a in axes]))  # build() gives every input a static shape.
-        m_ss = v1.reduce_sum(x - shift, axes, keepdims=True)
-        v_ss = v1.reduce_sum(v1.squared_difference(x, shift), axes, keepdims=True)
-        shifted_mean = m_ss / count
-        return shifted_mean + shift, v_ss / count - v1.square(shifted_mean)
-
-    def _norm(inp, axes, params_shape, epsilon, scale, activation_fn, reuse, scope, moving):
-        with v1.variable_scope(scope, reuse=reuse):
-            beta = v1.get_variable("beta", params_shape, initializer=v1.zeros_initializer())
-            gamma = v1.get_variable("gamma", params_shape, initializer=v1.ones_initializer()) if scale else None
-            if moving:  # Created (and never updated by the train op) as contrib's batch_norm does.
-                for name, init in (("moving_mean", v1.zeros_initializer()), ("moving_variance", v1.ones_initializer())):
-                    v1.get_variable(name, params_shape, initializer=init, trainable=False)
-            mean, variance = moments(inp, axes)
-            out = v1.nn.batch_normalization(inp, mean, variance, beta, gamma, epsilon)
-        return activation_fn(out) if activation_fn is not None else out
-
-    def batch_norm(inp, activation_fn=None, reuse=None, scope=None):
-        rank = inp.shape.ndims
-        return _norm(inp, list(range(rank - 1)), inp.shape[-1:], 1e-3, False, activation_fn, reuse, scope, True)
-
-    def layer_norm(inp, activation_fn=None, reuse=None, scope=None):
-        rank = inp.shape.ndims
-        return _norm(inp, list(range(1, rank)), inp.shape[-1:], 1e-12, True, activation_fn, reuse, scope, False)
-
-    def xavier_initializer(dtype=v1.float32):  # Uniform, fan average, kernel area in both fans.
-        return v1.glorot_uniform_initializer(dtype=dtype)
-
-    def accuracy(predictions, labels):
-        return v1.reduce_mean(v1.cast(v1.equal(predictions, labels), v1.float32))
-
-    layers = types.SimpleNamespace(batch_norm=batch_norm, layer_norm=layer_norm, xavier_initializer=xavier_initializer,
-                                   xavier_initializer_conv2d=xavier_initializer)
-    layers.python = types.SimpleNamespace(layers=layers)
-    return types.SimpleNamespace(layers=layers, metrics=types.SimpleNamespace(accuracy=accuracy))
-
-
-def import_original(original_dir):
-    """Imports the original `maml` module with `tensorflow` standing for `tf.compat.v1` plus the shim."""
-    import tensorflow as tf
-
-    missing = [f for f in ("maml.py", "utils.py") if not os.path.isfile(os.path.join(original_dir or "", f))]
-    if missing:
-        raise app.UsageError(f"--original_dir={original_dir!r} has no {', '.join(missing)}: point it at a "
-                             "checkout of https://github.com/cbfinn/maml.")
-    v1 = tf.compat.v1
-    v1.disable_eager_execution()
-    v1.disable_v2_behavior()
-    contrib = _contrib(v1)
-    shim = types.ModuleType("tensorflow")
-    shim.__getattr__ = lambda name: getattr(v1, name)
-    shim.contrib = contrib
-    stand_ins = {"tensorflow": shim, "tensorflow.contrib": contrib, "tensorflow.contrib.layers": contrib.layers,
-                 "tensorflow.contrib.layers.python": contrib.layers.python}
-    saved = {name: sys.modules.get(name) for name in stand_ins}
-    sys.modules.update(stand_ins)
-    sys.path.insert(0, os.path.abspath(original_dir))
-    try:
-        return importlib.import_module("maml")
-    finally:
-        sys.path.pop(0)
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name)
-            else:
-                sys.modules[name] = module
-
-
-def set_original_flags(values):
-    """Defines the original's flags (absl, as its main.py) and sets them."""
-    for name, default in ORIGINAL_FLAGS.items():
-        if name not in FLAGS:
-            define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-                      str: flags.DEFINE_string}[type(default)]
-            define(name, default, "the original main.py's flag.")
-    for name, value in values.items():
-        if name not in ORIGINAL_FLAGS:
-            continue  # e.g. the golden files' logdir, train, resume.
-        kind = type(ORIGINAL_FLAGS[name])
-        setattr(FLAGS, name, (str(value).lower() in ("1", "true")) if kind is bool else kind(value))
+def build(maml_module, test_num_updates, n_a, n_b):
+    """The original main.py's training model (`maml_tf.original.build_model`)."""
+    return build_model(maml_module, test_num_updates, n_a, n_b)
 
 
 def parse_overrides(pairs):
@@ -180,28 +88,6 @@ def parse_overrides(pairs):
             raise app.UsageError(f"--set: {key!r} is not one of the original's flags {sorted(ORIGINAL_FLAGS)}.")
         out[key] = value
     return out
-
-
-def build(maml_module, test_num_updates, n_a, n_b):
-    """The original main.py's training model: `MAML(...)`, `construct_model(...)`.
-
-    The inputs are placeholders of static shape `[meta_batch, n_a or n_b, dim]`,
-    as the original's image queues give (batch norm needs a known rank).
-    """
-    import tensorflow as tf
-
-    if FLAGS.datasource == "sinusoid":
-        dim_input, dim_output = 1, 1
-    else:
-        dim_input = 84 * 84 * 3 if FLAGS.datasource == "miniimagenet" else 28 * 28
-        dim_output = FLAGS.num_classes
-    mb, v1 = FLAGS.meta_batch_size, tf.compat.v1
-    shapes = {"inputa": (n_a, dim_input), "labela": (n_a, dim_output), "inputb": (n_b, dim_input),
-              "labelb": (n_b, dim_output)}
-    inputs = {k: v1.placeholder(tf.float32, (mb, *shape), name=k) for k, shape in shapes.items()}
-    model = maml_module.MAML(dim_input, dim_output, test_num_updates=test_num_updates)
-    model.construct_model(input_tensors=inputs, prefix="metatrain_")
-    return model, inputs
 
 
 def main_test_num_updates():
@@ -288,7 +174,10 @@ def check_golden(maml_module, path):
 
 def main(_):
     logging.set_verbosity(logging.ERROR)  # The original's summary names and TF1 deprecations log lines.
-    maml_module = import_original(FLAGS.original_dir)
+    try:
+        maml_module, = import_original(FLAGS.original_dir, FLAGS.moments)
+    except OriginalError as e:
+        raise app.UsageError(str(e)) from None
     if FLAGS.check_golden:
         files = sorted(f for f in glob.glob(os.path.join(FLAGS.golden_dir, "*.npz"))
                        if "released_ckpt" not in f)

@@ -53,15 +53,16 @@ def read_tf1_checkpoint(path: str) -> Dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
-def load_tf1_checkpoint(model: keras.Model, path: str) -> None:
-    """Loads a checkpoint written by the original `main.py` into `model`.
+def read_tf1_weights(path: str) -> Dict[str, np.ndarray]:
+    """The trainable weights of a TF1 checkpoint: without Adam slots, `beta*_power` entries (present if it
+    holds global variables) and batch norm's never-updated moving statistics."""
+    return {k: v for k, v in read_tf1_checkpoint(path).items()
+            if "Adam" not in k and "power" not in k and "moving_" not in k}
 
-    Adam slots and `beta*_power` entries (present if the checkpoint holds
-    global variables) are ignored; every trainable variable must be there.
-    """
-    values = {k: v for k, v in read_tf1_checkpoint(path).items()
-              if "Adam" not in k and "power" not in k and "moving_" not in k}
-    assign_by_original_names(model, values)
+
+def load_tf1_checkpoint(model: keras.Model, path: str) -> None:
+    """Loads a checkpoint written by the original `main.py` into `model`; every trainable variable must be there."""
+    assign_by_original_names(model, read_tf1_weights(path))
 
 
 def export_tf1_checkpoint(model: keras.Model, path: str) -> str:

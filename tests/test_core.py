@@ -79,7 +79,7 @@ def test_outer_update_clips_then_applies():
 
 def test_validating_flags_imports_no_tensorflow():
     code = ("import sys; sys.argv = ['main.py', '--algorithm=meta_sgd', '--metasgd_init=update_lr'];"
-            "import main; from absl import flags; flags.FLAGS(sys.argv); c = main.config_from_flags().validate();"
+            "import main; from absl import flags; flags.FLAGS(sys.argv); c = main.cli.config_from_flags().validate();"
             "assert c.options.init == 'update_lr', c; assert 'tensorflow' not in sys.modules, 'TensorFlow imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,615 @@
+"""Compare this port with the original code (github.com/cbfinn/maml) on any configuration, in one command.
+
+    python -m maml_tf.compare --original_dir=DIR <the original main.py's flags> [--out=FOLDER]
+
+runs the unmodified original (from a checkout `DIR`, under `tf.compat.v1` in a
+process of its own: `maml_tf/original.py`) and this port side by side:
+
+1. gradients: the same initial weights (the original's initialisers) and the
+   same task batch through both; outputs, the loss after each inner step and
+   the meta-gradient of every variable, with relative errors (the port in
+   float32, as the original, and in float64, nearer the exact values).
+2. curves: both trained for `--iterations` from those weights on the same task
+   stream; training and validation losses of both against the iteration, and
+   the iteration where float rounding makes them part (`curves.png`).
+3. cross_eval: checkpoints (`--checkpoint`, and after `curves` the final
+   weights of each program) evaluated by both on the same test tasks (600, as
+   the original `test()`): means, 95% intervals, the largest per-task
+   difference and how many tasks differ at all.
+
+Both programs see the port's tasks, fed through placeholders of the original's
+graphs (as its main.py feeds sinusoid batches). For Omniglot the original's
+`DataGenerator` is also run (with a sorted directory listing, see
+`maml_tf/original.py`) and its character split compared with the port's.
+
+Writes `report.md` and `report.json` (and `curves.png`, checkpoints of both
+programs in TF1 format) to `--out`; exits with status 1 when parity fails
+beyond the tolerances below, 2 for a bad flag. docs/porting.md has examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from maml_tf import cli  # noqa: E402
+from maml_tf.config import ConfigError  # noqa: E402
+
+PROGRAM = "python -m maml_tf.compare"
+PARTS = ("gradients", "curves", "cross_eval")
+# Largest relative error (max |port - original| over max |original| of each tensor) for parity. The original
+# computes in float32; the float64 port is the nearer to exact arithmetic (the golden tests hold it to 2e-5 and
+# 2e-4 on their batches). The float32 port may differ by a few percent in the meta-gradient where a ReLU input
+# lies within float32 rounding of 0 and the two programs' roundings land on different sides (docs/porting.md).
+TOLERANCES = {"float64": {"outputs": 1e-4, "meta_gradient": 1e-3},
+              "float32": {"outputs": 2e-3, "meta_gradient": 5e-2}}
+# Cross-evaluation passes when, after every inner step, the two programs' means over the test tasks differ by at
+# most this share of the original's 95% interval (half-width).
+MEAN_TOLERANCE = 0.25
+
+FLAGS = flags.FLAGS
+cli.define_config_flags()
+flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml (maml.py, utils.py, "
+                    "data_generator.py).")
+flags.DEFINE_string("out", None, "output folder (default: <logdir>/compare/<the run's folder name>).")
+flags.DEFINE_list("parts", list(PARTS), f"what to run, of {', '.join(PARTS)}.")
+flags.DEFINE_integer("iterations", 1000, "curves: meta-iterations each program trains.")
+flags.DEFINE_integer("val_interval", 0, "curves: iterations between validation batches (0: the original's, 500 "
+                     "for images, 1000 for the sinusoid).")
+flags.DEFINE_float("part_tolerance", 1e-3, "curves: relative difference of the training loss at which the two "
+                   "programs count as parted.")
+flags.DEFINE_string("checkpoint", None, "cross_eval: a TF1 checkpoint prefix to evaluate with both (the original's "
+                    "logs/.../model<itr>, or this port's --export_checkpoint).")
+flags.DEFINE_integer("init_seed", 0, "graph-level seed of the original's initialisers (the weights both start from).")
+
+
+@dataclasses.dataclass
+class Comparison:
+    """What one run of the command found; `report.json` is its `asdict`."""
+
+    config: Dict
+    passed: bool = True
+    failures: List[str] = dataclasses.field(default_factory=list)
+    gradients: Optional[Dict] = None
+    curves: Optional[Dict] = None
+    cross_eval: Dict = dataclasses.field(default_factory=dict)
+    split: Optional[Dict] = None
+    seconds: Dict = dataclasses.field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        self.passed = False
+        self.failures.append(message)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def rel_err(got, expected, scale=None) -> float:
+    """Max |got - expected| over the largest |expected| (or `scale`)."""
+    import numpy as np
+
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    scale = np.max(np.abs(expected)) if scale is None else scale
+    return float(np.max(np.abs(got - expected)) / max(float(scale), 1e-30))
+
+
+def original_flags(config) -> Dict:
+    """The original main.py's flags for a `Config` (the fields share their names)."""
+    from maml_tf.original import ORIGINAL_FLAGS
+
+    values = {name: getattr(config, name) for name in ORIGINAL_FLAGS if hasattr(config, name)}
+    values["baseline"] = config.baseline or ""
+    return values
+
+
+def to_original(batch) -> Dict:
+    """A port `TaskBatch` as the original's placeholders take it: float32, each example flattened."""
+    import numpy as np
+
+    def flat(a):
+        a = np.asarray(a, np.float32)
+        return a.reshape(a.shape[0], a.shape[1], -1)
+
+    return {"inputa": flat(batch.support_x), "labela": flat(batch.support_y), "inputb": flat(batch.query_x),
+            "labelb": flat(batch.query_y)}
+
+
+def stack_tasks(batches) -> Dict:
+    import numpy as np
+
+    arrays = [to_original(b) for b in batches]
+    return {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def port_algorithm(config, dtype: str = "float32", weights: Optional[Dict] = None):
+    """The port's MAML for `config` (the code path of main.py), with weights by original name."""
+    from maml_tf import networks, train
+    from maml_tf.tf1_checkpoint import assign_by_original_names
+
+    algo = train.build_algorithm(config, networks.build_network(config, dtype))
+    if weights is not None:
+        assign_by_original_names(algo.model, weights)
+    return algo
+
+
+def port_weights(algo) -> Dict:
+    from maml_tf.networks import original_variable_names
+
+    return {n: v.numpy() for n, v in zip(original_variable_names(algo.model), algo.model.trainable_variables)}
+
+
+def _batch(arrays: Dict, dtype: str):
+    import tensorflow as tf
+
+    from maml_tf.types import TaskBatch
+
+    return TaskBatch(*(tf.constant(arrays[k], dtype) for k in ("support_x", "support_y", "query_x", "query_y")))
+
+
+def _numpy(batch) -> Dict:
+    import numpy as np
+
+    return {k: np.asarray(v) for k, v in batch._asdict().items()}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1e}"
+
+
+# ----------------------------------------------------------------------------------------------- 1. gradients
+def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
+    """One training batch through both: outputs, per-step losses, the meta-gradient per variable."""
+    import numpy as np
+    import tensorflow as tf
+
+    from maml_tf.data import make_tasks
+    from maml_tf.networks import original_variable_names
+    from maml_tf.types import TaskBatch
+
+    batch = _numpy(next(make_tasks(config, "train", config.seed).batches(config.meta_batch_size)))
+    original = worker.call("meta_gradient", batch=to_original(TaskBatch(**batch)))
+    steps = config.num_steps_reported
+    names = list(original["grads"])
+    rows = {}
+    for dtype in ("float64", "float32"):
+        algo = port_algorithm(config, dtype, init)
+        grads, out = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(_batch(batch, dtype))
+        by_name = dict(zip(original_variable_names(algo.model), grads))
+        clipped = dict(zip(original_variable_names(algo.model), algo.clip(grads)))
+        query = np.asarray(out["query_outputs"])
+        row = {
+            "support_outputs": rel_err(out["support_outputs"], original["outputas"]),
+            "query_outputs": max(rel_err(query[:, j].reshape(np.shape(original["outputbs"][j])),
+                                         original["outputbs"][j]) for j in range(steps)),
+            "loss_before": rel_err(out["total_loss1"], original["total_loss1"]),
+            "loss_after_step": [rel_err(np.asarray(out["total_losses2"])[j], original["total_losses2"][j])
+                                for j in range(steps)],
+            "meta_gradient": {},
+        }
+        for name in names:
+            if config.norm == "batch_norm" and _before_batch_norm(name, config):
+                continue  # Exactly 0 in exact arithmetic: both programs' values are float noise.
+            if "unclipped" in original:  # MiniImagenet: the original clips to [-10, 10] before Adam.
+                row["meta_gradient"][name + " (unclipped)"] = rel_err(by_name[name], original["unclipped"][name])
+                scale = np.max(np.abs(original["unclipped"][name]))  # Clipping is 1-Lipschitz.
+                row["meta_gradient"][name] = rel_err(clipped[name], original["grads"][name], scale)
+            else:
+                row["meta_gradient"][name] = rel_err(by_name[name], original["grads"][name])
+        outputs = max([row["support_outputs"], row["query_outputs"], row["loss_before"], *row["loss_after_step"]])
+        gradient = max(row["meta_gradient"].values())
+        row["max_outputs"], row["max_meta_gradient"] = outputs, gradient
+        tol = TOLERANCES[dtype]
+        if outputs > tol["outputs"]:
+            result.fail(f"gradients: the {dtype} port's outputs or losses differ from the original's by "
+                        f"{_fmt(outputs)} > {tol['outputs']}")
+        if gradient > tol["meta_gradient"]:
+            result.fail(f"gradients: the {dtype} port's meta-gradient differs from the original's by "
+                        f"{_fmt(gradient)} > {tol['meta_gradient']}")
+        rows[dtype] = row
+    result.gradients = {"steps": steps, "losses": {"original": [float(original["total_loss1"]),
+                                                                *map(float, original["total_losses2"])]},
+                        **rows}
+
+
+def _before_batch_norm(name: str, config) -> bool:
+    """Biases that a batch norm follows (their meta-gradient is 0): every conv/hidden bias but the last layer's."""
+    if config.datasource != "sinusoid" and config.conv:
+        return name.startswith("model/Variable")  # b1..b4 of the conv net; b5 is `model/b5`.
+    # FC net: unnamed w1, b1, w2, b2, ...: the odd ones are biases; the output layer's is the last.
+    hidden = len(config.datasource_spec.fc_hidden)
+    index = 0 if name == "model/Variable" else int(name.rsplit("_", 1)[-1]) if name.startswith("model/Variable_") \
+        else -1
+    return index % 2 == 1 and index < 2 * hidden
+
+
+# ----------------------------------------------------------------------------------------------- 2. curves
+def learning_curves(config, worker, init: Dict, iterations: int, val_interval: int, part_tolerance: float,
+                    result: Comparison):
+    """Both programs trained on the same stream from the same weights; returns the port's trained algorithm."""
+    import numpy as np
+
+    from maml_tf.data import make_tasks
+    from maml_tf.train import _Progress
+
+    algo = port_algorithm(config, "float32", init)
+    classification = config.classification
+    pretrain = config.effective_pretrain_iterations
+    train_tasks = make_tasks(config, "train", config.seed).batches(config.meta_batch_size)
+    val_split = "val" if classification else "train"  # Sinusoid tasks have no split.
+    val_tasks = make_tasks(config, val_split, config.seed + 1).batches(config.meta_batch_size)
+    keys = ["pre_loss", "post_loss"] + (["pre_accuracy", "post_accuracy"] if classification else [])
+    port_keys = {"pre_loss": "total_loss1", "post_loss": "total_losses2", "pre_accuracy": "total_accuracy1",
+                 "post_accuracy": "total_accuracies2"}
+    last = config.num_updates - 1
+
+    def port_values(out):
+        values = {}
+        for k in keys:
+            v = out[port_keys[k]]
+            values[k] = float(np.asarray(v)[last] if k.startswith("post") else v)
+        return values
+
+    curves = {"iteration": [], "original": {k: [] for k in keys}, "port": {k: [] for k in keys},
+              "val_iteration": [], "val_original": {k: [] for k in keys}, "val_port": {k: [] for k in keys}}
+    progress = _Progress(iterations, config.progress)
+    print(f"curves: {iterations} iterations of each program", flush=True)
+    start = time.time()
+    for itr in range(iterations):
+        batch = next(train_tasks)
+        pretraining = itr < pretrain
+        worker.submit("train_step", batch=to_original(batch), pretrain=pretraining)  # Runs while the port does.
+        if pretraining:
+            out = algo.evaluate(batch, config.num_updates)  # The original reads these before its update.
+            algo.pretrain_step(batch)
+        else:
+            out = algo.train_step(batch, config.num_updates)
+        mine = port_values(out)
+        theirs = worker.result()
+        curves["iteration"].append(itr)
+        for k in keys:
+            curves["port"][k].append(mine[k])
+            curves["original"][k].append(theirs[k])
+        if (itr + 1) % val_interval == 0 or itr == iterations - 1:
+            val = next(val_tasks)
+            worker.submit("validate", batch=to_original(val))
+            mine = port_values(algo.evaluate(val, config.num_updates))
+            theirs = worker.result()
+            curves["val_iteration"].append(itr)
+            for k in keys:
+                curves["val_port"][k].append(mine[k])
+                curves["val_original"][k].append(theirs[k])
+        progress.update(itr)
+    progress.close()
+    result.seconds["curves"] = round(time.time() - start, 1)
+    port, original = np.asarray(curves["port"]["post_loss"]), np.asarray(curves["original"]["post_loss"])
+    rel = np.abs(port - original) / np.maximum(np.abs(original), 1e-30)
+    differ = np.flatnonzero(port != original)
+    parted = np.flatnonzero(~(rel <= part_tolerance))  # NaN counts as parted.
+    curves["relative_difference"] = rel.tolist()
+    curves["identical_until"] = int(differ[0]) if len(differ) else iterations  # First iteration that differs.
+    curves["parted_at"] = int(parted[0]) if len(parted) else None
+    curves["part_tolerance"] = part_tolerance
+    window = max(1, iterations // 20)
+    curves["final_mean"] = {who: {k: float(np.mean(curves[who][k][-window:])) for k in keys}
+                            for who in ("port", "original")}
+    curves["final_window"] = window
+    result.curves = curves
+    return algo
+
+
+def plot_curves(curves: Dict, config, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metric = "post_accuracy" if config.classification else "post_loss"
+    label = "accuracy" if config.classification else "loss"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    window = max(1, len(curves["iteration"]) // 50)
+    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
+    its = np.asarray(curves["iteration"])[window - 1:]
+    for who, style in (("original", "-"), ("port", "--")):
+        axes[0].plot(its, smooth(curves[who][metric]), style, label=f"{who}")
+        axes[1].plot(curves["val_iteration"], curves["val_" + who][metric], style + "o", label=who, markersize=3)
+    axes[0].set_title(f"training {label} after {config.num_updates} step(s) (mean of {window})")
+    axes[1].set_title(f"validation {label} after {config.num_updates} step(s)")
+    rel = np.asarray(curves["relative_difference"])
+    axes[2].semilogy(curves["iteration"], np.maximum(rel, 1e-12), ".", markersize=2)
+    axes[2].axhline(curves["part_tolerance"], color="grey", lw=0.8)
+    if curves["parted_at"] is not None:
+        axes[2].axvline(curves["parted_at"], color="red", lw=0.8, label=f"parted at {curves['parted_at']}")
+        axes[2].legend()
+    axes[2].set_title("|port - original| / |original|, training loss (1e-12: equal)")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+    axes[0].legend()
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- 3. cross-evaluation
+def test_tasks(test_config):
+    """The port's test tasks (`train.test`'s: its split, seed, meta-batch 1)."""
+    from maml_tf.data import make_tasks
+    from maml_tf.train import TEST_SEED
+
+    split = "test" if test_config.test_set else "val"
+    return list(make_tasks(test_config, split, TEST_SEED).batches(1, test_config.num_test_tasks))
+
+
+def cross_evaluate(test_config, worker, tasks, weights: Dict, name: str, result: Comparison) -> None:
+    """One checkpoint's per-task results in both programs, on the same tasks."""
+    import numpy as np
+
+    algo = port_algorithm(test_config, "float32", weights)
+    steps = test_config.num_steps_reported
+    classification = test_config.classification
+    worker.submit("assign", values=weights)
+    worker.result()
+    worker.submit("test", tasks=stack_tasks(tasks))
+    rows = []
+    for batch in tasks:
+        r = algo.evaluate(batch, steps)
+        first, after = ("total_accuracy1", "total_accuracies2") if classification else ("total_loss1", "total_losses2")
+        rows.append(np.concatenate([[float(r[first])], np.asarray(r[after], np.float64)]))
+    port = np.asarray(rows)
+    original = worker.result()
+    n = len(port)
+    ci = lambda v: 1.96 * v.std(0) / np.sqrt(n)
+    diff = np.abs(port - original)
+    entry = {
+        "tasks": n, "steps": steps, "measure": "accuracy" if classification else "MSE",
+        "port_mean": port.mean(0).tolist(), "port_ci95": ci(port).tolist(),
+        "original_mean": original.mean(0).tolist(), "original_ci95": ci(original).tolist(),
+        "max_abs_difference": diff.max(0).tolist(),
+        "tasks_differing": int(np.sum(np.any(port != original, axis=1))),
+        "entries_identical": int(np.sum(port == original)), "entries": int(port.size),
+    }
+    gap = np.abs(port.mean(0) - original.mean(0))
+    allowed = MEAN_TOLERANCE * np.maximum(ci(original), 1e-12)
+    entry["mean_gap_over_ci95"] = (gap / np.maximum(ci(original), 1e-30)).tolist()
+    if np.any(~(gap <= allowed)):
+        result.fail(f"cross_eval {name}: the means differ by up to {gap.max():.4g}, more than "
+                    f"{MEAN_TOLERANCE} of the original's 95% interval")
+    result.cross_eval[name] = entry
+
+
+# ----------------------------------------------------------------------------------------------- Omniglot split
+def compare_split(config, worker, result: Comparison) -> None:
+    """The original `DataGenerator`'s split (sorted listing) against the port's, by character name."""
+    from pathlib import Path
+
+    from maml_tf.data.omniglot import FOLDER_NAME, load_omniglot, split_indices
+
+    characters = load_omniglot(config)
+    names = list(characters.names)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(config.data_dir) / FOLDER_NAME if config.omniglot_source == "folder" else Path(tmp)
+        if config.omniglot_source != "folder":  # The TFDS source: the same alphabet/character tree, empty.
+            for n in names:
+                (folder / n).mkdir(parents=True)
+        theirs = worker.call("split", flags=original_flags(config), data_folder=str(folder))
+    out = {}
+    for split in ("train", "val", "test"):
+        mine = [names[i] for i in split_indices(len(names), split)]
+        out[split] = {"characters": len(mine), "same_characters": len(set(mine) & set(theirs[split])),
+                      "same_order": mine == theirs[split]}
+        if not out[split]["same_order"]:
+            result.fail(f"split: the original's {split} characters differ from the port's "
+                        f"({out[split]['same_characters']} of {len(mine)} shared)")
+    result.split = out
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def write_report(result: Comparison, config, out: str) -> str:
+    lines = [f"# This port against the original code: {config.exp_string()}", "",
+             f"Parity: **{'passed' if result.passed else 'FAILED'}**" +
+             ("" if result.passed else "; " + "; ".join(result.failures)), "",
+             "Flags: `" + " ".join(f"--{k}={v}" for k, v in original_flags(config).items()) + "`", ""]
+    if result.split:
+        lines += ["## Omniglot split (the original's DataGenerator with a sorted listing)", "",
+                  "| split | characters | shared with the port's | same order |", "|---|---|---|---|"]
+        lines += [f"| {s} | {v['characters']} | {v['same_characters']} | {v['same_order']} |"
+                  for s, v in result.split.items()]
+        lines.append("")
+    g = result.gradients
+    if g:
+        lines += ["## 1. One batch: outputs, losses and meta-gradient", "",
+                  f"Relative error, max |port - original| / max |original| per tensor ({g['steps']} inner steps "
+                  "built). The original computes in float32. Tolerances: float64 port "
+                  f"{TOLERANCES['float64']}, float32 port {TOLERANCES['float32']}.", "",
+                  "| quantity | float64 port | float32 port |", "|---|---|---|"]
+        for key in ("support_outputs", "query_outputs", "loss_before"):
+            lines.append(f"| {key} | {_fmt(g['float64'][key])} | {_fmt(g['float32'][key])} |")
+        for j, (a, b) in enumerate(zip(g["float64"]["loss_after_step"], g["float32"]["loss_after_step"])):
+            lines.append(f"| loss after step {j + 1} | {_fmt(a)} | {_fmt(b)} |")
+        for name in g["float64"]["meta_gradient"]:
+            lines.append(f"| meta-gradient `{name}` | {_fmt(g['float64']['meta_gradient'][name])} | "
+                         f"{_fmt(g['float32']['meta_gradient'][name])} |")
+        if config.norm == "batch_norm":
+            lines += ["", "Biases followed by a batch norm are left out: their meta-gradient is 0 in exact "
+                      "arithmetic, and both programs' values are float noise."]
+        lines.append("")
+    c = result.curves
+    if c:
+        n = len(c["iteration"])
+        lines += ["## 2. Learning curves", "",
+                  f"{n} iterations each from the same weights on the same tasks (`curves.png`). The training "
+                  f"loss after {config.num_updates} step(s) is bit-identical in both programs for the first "
+                  f"{c['identical_until']} iterations" + (" (all)" if c["identical_until"] >= n else "") + "; " +
+                  (f"they part (relative difference > {c['part_tolerance']:g}) at iteration {c['parted_at']}."
+                   if c["parted_at"] is not None else f"it stays within {c['part_tolerance']:g} throughout."), "",
+                  f"Mean of the last {c['final_window']} iterations:", "",
+                  "| program | " + " | ".join(c["final_mean"]["port"]) + " |",
+                  "|---|" + "---|" * len(c["final_mean"]["port"])]
+        for who in ("original", "port"):
+            lines.append(f"| {who} | " + " | ".join(f"{v:.4f}" for v in c["final_mean"][who].values()) + " |")
+        lines.append("")
+    if result.cross_eval:
+        lines += ["## 3. Cross-evaluation", "",
+                  "Each checkpoint evaluated by both programs on the same test tasks (the port's `--train=False` "
+                  "tasks); mean and 95% interval after each inner step.", ""]
+        for name, e in result.cross_eval.items():
+            lines += [f"### {name}", "",
+                      f"{e['tasks']} tasks; {e['measure']}; {e['tasks_differing']} tasks differ at all; "
+                      f"{e['entries_identical']} of {e['entries']} entries identical.", "",
+                      "| step | original | port | max per-task difference |", "|---|---|---|---|"]
+            for j in range(e["steps"] + 1):
+                lines.append(f"| {j} | {e['original_mean'][j]:.5g} +- {e['original_ci95'][j]:.3g} | "
+                             f"{e['port_mean'][j]:.5g} +- {e['port_ci95'][j]:.3g} | "
+                             f"{e['max_abs_difference'][j]:.2g} |")
+            lines.append("")
+    lines += [f"Seconds: {result.seconds}", ""]
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(dataclasses.asdict(result), f, indent=1)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- the command
+def check_config(config, parts, iterations: int) -> None:
+    """What the original can run: a `ConfigError` (one line) otherwise."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ConfigError(f"--parts: {', '.join(unknown) or 'none given'}; choose from {', '.join(PARTS)}.")
+    if config.algorithm != "maml":
+        raise ConfigError(f"--algorithm={config.algorithm}: the original code runs MAML only.")
+    if config.datasource not in ("sinusoid", "omniglot", "miniimagenet"):
+        raise ConfigError(f"--datasource={config.datasource}: the original has sinusoid, omniglot and "
+                          "miniimagenet only.")
+    port_only = {"clip_norm": config.clip_norm, "mixed_precision": config.mixed_precision,
+                 "recompute_inner_steps": config.recompute_inner_steps}
+    set_flags = [f"--{k}" for k, v in port_only.items() if v]
+    if set_flags:
+        raise ConfigError(f"{', '.join(set_flags)}: not in the original code.")
+    if "curves" in parts and iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1; got {iterations}.")
+
+
+def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000, val_interval: int = 0,
+        part_tolerance: float = 1e-3, checkpoint: Optional[str] = None, init_seed: int = 0,
+        worker=None) -> Comparison:
+    """The comparison (see the module docstring); writes the report to `out` and returns it.
+
+    `worker`: a running `maml_tf.original.Worker` to use (default: a new one for this call).
+    """
+    import keras
+
+    from maml_tf import train
+    from maml_tf.data import make_tasks
+    from maml_tf.original import Worker
+    from maml_tf.tf1_checkpoint import export_tf1_checkpoint, read_tf1_weights
+
+    os.makedirs(out, exist_ok=True)
+    train.configure_threads(config)
+    result = Comparison(config=config.flat())
+    test_config = dataclasses.replace(config, train=False)
+    keras.utils.set_random_seed(config.seed)
+    train_batch = next(make_tasks(config, "train", config.seed).batches(config.meta_batch_size))
+    tasks = test_tasks(test_config) if "cross_eval" in parts else None
+    checkpoint_weights = None
+    if checkpoint:
+        checkpoint_weights = read_tf1_weights(checkpoint)
+    own = worker is None
+    worker = worker or Worker(original_dir, os.path.join(out, "original.log"))
+    try:
+        start = time.time()
+        test_shapes = (tasks[0].support_x.shape[1], tasks[0].query_x.shape[1]) if tasks else None
+        init = worker.call("build", flags=original_flags(config),
+                           train_shapes=(train_batch.support_x.shape[1], train_batch.query_x.shape[1]),
+                           train_steps=config.test_num_updates, test_shapes=test_shapes,
+                           test_steps=test_config.test_num_updates, seed=init_seed)
+        result.seconds["build"] = round(time.time() - start, 1)
+        if config.datasource == "omniglot":
+            compare_split(config, worker, result)
+        if "gradients" in parts:
+            start = time.time()
+            compare_gradients(config, worker, init, result)
+            result.seconds["gradients"] = round(time.time() - start, 1)
+            print(f"gradients: largest relative error, float64 port {_fmt(result.gradients['float64']['max_outputs'])}"
+                  f" (outputs), {_fmt(result.gradients['float64']['max_meta_gradient'])} (meta-gradient); float32 "
+                  f"port {_fmt(result.gradients['float32']['max_outputs'])}, "
+                  f"{_fmt(result.gradients['float32']['max_meta_gradient'])}", flush=True)
+        trained = {}
+        if "curves" in parts:
+            val_interval = val_interval or 5 * config.datasource_spec.print_interval
+            algo = learning_curves(config, worker, init, iterations, val_interval, part_tolerance, result)
+            trained["original"] = worker.call("weights")
+            trained["port"] = port_weights(algo)
+            os.makedirs(os.path.join(out, "port"), exist_ok=True)
+            os.makedirs(os.path.join(out, "original"), exist_ok=True)
+            worker.call("save", prefix=os.path.abspath(os.path.join(out, "original", f"model{iterations}")))
+            export_tf1_checkpoint(algo.model, os.path.join(out, "port", f"model{iterations}"))
+            figure = plot_curves(result.curves, config, os.path.join(out, "curves.png"))
+            print(f"curves: bit-identical for the first {result.curves['identical_until']} iterations, parted at "
+                  f"{result.curves['parted_at']}; wrote {figure}", flush=True)
+        if "cross_eval" in parts:
+            start = time.time()
+            chosen = {f"checkpoint {checkpoint}": checkpoint_weights} if checkpoint_weights else {}
+            chosen.update({f"{who}'s weights after {iterations} iterations": w for who, w in trained.items()})
+            if not chosen:
+                chosen["the initial weights"] = init
+            for name, weights in chosen.items():
+                cross_evaluate(test_config, worker, tasks, weights, name, result)
+                e = result.cross_eval[name]
+                print(f"cross_eval {name}: original {e['original_mean'][-1]:.5g}, port {e['port_mean'][-1]:.5g} "
+                      f"after {e['steps']} steps; {e['tasks_differing']} of {e['tasks']} tasks differ", flush=True)
+            result.seconds["cross_eval"] = round(time.time() - start, 1)
+    finally:
+        if own:
+            worker.close()
+    path = write_report(result, config, out)
+    print(f"Parity {'passed' if result.passed else 'FAILED: ' + '; '.join(result.failures)}. Wrote {path} and "
+          f"report.json", flush=True)
+    return result
+
+
+def main(argv):
+    try:
+        if len(argv) > 1:
+            raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not FLAGS.original_dir:
+            raise ConfigError("--original_dir is required: a checkout of https://github.com/cbfinn/maml.")
+        config = cli.config_from_flags().validate()
+        check_config(config, FLAGS.parts, FLAGS.iterations)
+        from maml_tf.original import ORIGINAL_FILES, OriginalError, check_original_dir
+
+        try:
+            check_original_dir(FLAGS.original_dir, ORIGINAL_FILES)
+        except OriginalError as e:
+            raise ConfigError(str(e)) from None
+    except ConfigError as e:
+        cli.usage_error(str(e), PROGRAM)
+    if not config.tf_log:
+        cli.quiet_tensorflow()
+    from maml_tf.data.errors import DataError
+    from maml_tf.original import OriginalError
+
+    out = FLAGS.out or os.path.join(config.logdir, "compare", config.exp_string())
+    try:
+        result = run(config, FLAGS.original_dir, out, FLAGS.parts, FLAGS.iterations, FLAGS.val_interval,
+                     FLAGS.part_tolerance, FLAGS.checkpoint, FLAGS.init_seed)
+    except (DataError, FileNotFoundError, OriginalError, ValueError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0 if result.passed else 1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, PROGRAM))
