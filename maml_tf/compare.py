@@ -46,12 +46,14 @@ from maml_tf.config import ConfigError  # noqa: E402
 
 PROGRAM = "python -m maml_tf.compare"
 PARTS = ("gradients", "curves", "cross_eval")
-# Largest relative error (max |port - original| over max |original| of each tensor) for parity. The original
-# computes in float32; the float64 port is the nearer to exact arithmetic (the golden tests hold it to 2e-5 and
-# 2e-4 on their batches). The float32 port may differ by a few percent in the meta-gradient where a ReLU input
-# lies within float32 rounding of 0 and the two programs' roundings land on different sides (docs/porting.md).
-TOLERANCES = {"float64": {"outputs": 1e-4, "meta_gradient": 1e-3},
-              "float32": {"outputs": 2e-3, "meta_gradient": 5e-2}}
+# Gradient parity, per tensor, on relative errors (max |a - b| over max |original|): the original (float32) against
+# the float64 port (nearly exact arithmetic) may differ by ROUNDING_FACTOR times what float32 rounding does to the
+# port itself in this configuration (the float32 port against the float64 one), or by the floor below, whichever is
+# larger. Rounding alone moves well-conditioned tensors by about 1e-7 and the golden files' by up to 4e-5; it
+# moves more where a ReLU input or a max-pool choice lies within rounding of a tie, or where batch norm divides by
+# a tiny variance (few filters), and then the original's own float32 does too.
+TOLERANCES = {"outputs": 1e-4, "meta_gradient": 1e-3}
+ROUNDING_FACTOR = 10.0
 # Cross-evaluation passes when, after every inner step, the two programs' means over the test tasks differ by at
 # most this share of the original's 95% interval (half-width).
 MEAN_TOLERANCE = 0.25
@@ -165,7 +167,15 @@ def _fmt(x: float) -> str:
 
 # ----------------------------------------------------------------------------------------------- 1. gradients
 def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
-    """One training batch through both: outputs, per-step losses, the meta-gradient per variable."""
+    """One training batch through both: outputs, per-step losses, the meta-gradient per variable.
+
+    Every tensor is compared three ways: the original against the float64 port
+    (nearly exact arithmetic), the original against the float32 port, and the
+    float32 port against the float64 one, which measures how far float32 rounding
+    moves that tensor in this configuration. Parity holds when the original is
+    within `ROUNDING_FACTOR` times that of the float64 port, or within the
+    `TOLERANCES` floor.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -174,48 +184,56 @@ def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
     from maml_tf.types import TaskBatch
 
     batch = _numpy(next(make_tasks(config, "train", config.seed).batches(config.meta_batch_size)))
-    original = worker.call("meta_gradient", batch=to_original(TaskBatch(**batch)))
+    theirs = worker.call("meta_gradient", batch=to_original(TaskBatch(**batch)))
     steps = config.num_steps_reported
-    names = list(original["grads"])
-    rows = {}
+    clipped = "unclipped" in theirs  # MiniImagenet: the original clips to [-10, 10] before Adam.
+    names = [n for n in theirs["grads"] if not (config.norm == "batch_norm" and _before_batch_norm(n, config))]
+
+    def flat(outputas, outputbs, loss1, losses2, grads, unclipped):
+        out = {"support outputs": outputas, "loss before adaptation": loss1}
+        for j in range(steps):
+            out[f"query outputs after step {j + 1}"] = outputbs[j]
+            out[f"loss after step {j + 1}"] = losses2[j]
+        for n in names:
+            out[f"meta-gradient {n}"] = grads[n]
+            if clipped:
+                out[f"meta-gradient {n} (unclipped)"] = unclipped[n]
+        return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+    tensors = {"original": flat(theirs["outputas"], theirs["outputbs"], theirs["total_loss1"],
+                                theirs["total_losses2"], theirs["grads"], theirs.get("unclipped"))}
     for dtype in ("float64", "float32"):
         algo = port_algorithm(config, dtype, init)
         grads, out = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(_batch(batch, dtype))
-        by_name = dict(zip(original_variable_names(algo.model), grads))
-        clipped = dict(zip(original_variable_names(algo.model), algo.clip(grads)))
+        port_names = original_variable_names(algo.model)
         query = np.asarray(out["query_outputs"])
-        row = {
-            "support_outputs": rel_err(out["support_outputs"], original["outputas"]),
-            "query_outputs": max(rel_err(query[:, j].reshape(np.shape(original["outputbs"][j])),
-                                         original["outputbs"][j]) for j in range(steps)),
-            "loss_before": rel_err(out["total_loss1"], original["total_loss1"]),
-            "loss_after_step": [rel_err(np.asarray(out["total_losses2"])[j], original["total_losses2"][j])
-                                for j in range(steps)],
-            "meta_gradient": {},
-        }
-        for name in names:
-            if config.norm == "batch_norm" and _before_batch_norm(name, config):
-                continue  # Exactly 0 in exact arithmetic: both programs' values are float noise.
-            if "unclipped" in original:  # MiniImagenet: the original clips to [-10, 10] before Adam.
-                row["meta_gradient"][name + " (unclipped)"] = rel_err(by_name[name], original["unclipped"][name])
-                scale = np.max(np.abs(original["unclipped"][name]))  # Clipping is 1-Lipschitz.
-                row["meta_gradient"][name] = rel_err(clipped[name], original["grads"][name], scale)
-            else:
-                row["meta_gradient"][name] = rel_err(by_name[name], original["grads"][name])
-        outputs = max([row["support_outputs"], row["query_outputs"], row["loss_before"], *row["loss_after_step"]])
-        gradient = max(row["meta_gradient"].values())
-        row["max_outputs"], row["max_meta_gradient"] = outputs, gradient
-        tol = TOLERANCES[dtype]
-        if outputs > tol["outputs"]:
-            result.fail(f"gradients: the {dtype} port's outputs or losses differ from the original's by "
-                        f"{_fmt(outputs)} > {tol['outputs']}")
-        if gradient > tol["meta_gradient"]:
-            result.fail(f"gradients: the {dtype} port's meta-gradient differs from the original's by "
-                        f"{_fmt(gradient)} > {tol['meta_gradient']}")
-        rows[dtype] = row
-    result.gradients = {"steps": steps, "losses": {"original": [float(original["total_loss1"]),
-                                                                *map(float, original["total_losses2"])]},
-                        **rows}
+        tensors[dtype] = flat(out["support_outputs"], [query[:, j] for j in range(steps)], out["total_loss1"],
+                              out["total_losses2"], dict(zip(port_names, algo.clip(grads))),
+                              dict(zip(port_names, grads)))
+    rows = {}
+    for key, expected in tensors["original"].items():
+        # A clipped meta-gradient's errors are measured on the unclipped scale (clipping is 1-Lipschitz).
+        scale_key = key + " (unclipped)" if clipped and key.startswith("meta-gradient") and \
+            not key.endswith("(unclipped)") else key
+        scale = np.max(np.abs(tensors["original"][scale_key]))
+        row = {"float64": rel_err(tensors["float64"][key], expected, scale),
+               "float32": rel_err(tensors["float32"][key], expected, scale),
+               "rounding": rel_err(tensors["float32"][key], tensors["float64"][key], scale)}
+        floor = TOLERANCES["meta_gradient" if key.startswith("meta-gradient") else "outputs"]
+        row["allowed"] = max(floor, ROUNDING_FACTOR * row["rounding"])
+        row["passed"] = bool(row["float64"] <= row["allowed"])  # NaN fails.
+        rows[key] = row
+    bad = [k for k, r in rows.items() if not r["passed"]]
+    if bad:
+        worst = max(bad, key=lambda k: rows[k]["float64"] / max(rows[k]["allowed"], 1e-30))
+        result.fail(f"gradients: {len(bad)} tensors differ beyond the tolerance, worst {worst}: "
+                    f"{_fmt(rows[worst]['float64'])} > {_fmt(rows[worst]['allowed'])}")
+    grad_rows = [r for k, r in rows.items() if k.startswith("meta-gradient")]
+    other_rows = [r for k, r in rows.items() if not k.startswith("meta-gradient")]
+    result.gradients = {"steps": steps, "tensors": rows, "summary": {
+        f"{what}_{col}": max(r[col] for r in group) for what, group in (("outputs", other_rows),
+                                                                       ("meta_gradient", grad_rows))
+        for col in ("float64", "float32", "rounding")}}
 
 
 def _before_batch_norm(name: str, config) -> bool:
@@ -223,10 +241,10 @@ def _before_batch_norm(name: str, config) -> bool:
     if config.datasource != "sinusoid" and config.conv:
         return name.startswith("model/Variable")  # b1..b4 of the conv net; b5 is `model/b5`.
     # FC net: unnamed w1, b1, w2, b2, ...: the odd ones are biases; the output layer's is the last.
-    hidden = len(config.datasource_spec.fc_hidden)
-    index = 0 if name == "model/Variable" else int(name.rsplit("_", 1)[-1]) if name.startswith("model/Variable_") \
-        else -1
-    return index % 2 == 1 and index < 2 * hidden
+    if not name.startswith("model/Variable_"):
+        return False  # w1 (`model/Variable`) or a norm's offset.
+    index = int(name.rsplit("_", 1)[-1])
+    return index % 2 == 1 and index < 2 * len(config.datasource_spec.fc_hidden)
 
 
 # ----------------------------------------------------------------------------------------------- 2. curves
@@ -401,11 +419,13 @@ def compare_split(config, worker, result: Comparison) -> None:
             for n in names:
                 (folder / n).mkdir(parents=True)
         theirs = worker.call("split", flags=original_flags(config), data_folder=str(folder))
+        unsorted = worker.call("split", flags=original_flags(config), data_folder=str(folder), sorted_listing=False)
     out = {}
     for split in ("train", "val", "test"):
         mine = [names[i] for i in split_indices(len(names), split)]
         out[split] = {"characters": len(mine), "same_characters": len(set(mine) & set(theirs[split])),
-                      "same_order": mine == theirs[split]}
+                      "same_order": mine == theirs[split],
+                      "same_characters_unsorted_listing": len(set(mine) & set(unsorted[split]))}
         if not out[split]["same_order"]:
             result.fail(f"split: the original's {split} characters differ from the port's "
                         f"({out[split]['same_characters']} of {len(mine)} shared)")
@@ -419,25 +439,27 @@ def write_report(result: Comparison, config, out: str) -> str:
              ("" if result.passed else "; " + "; ".join(result.failures)), "",
              "Flags: `" + " ".join(f"--{k}={v}" for k, v in original_flags(config).items()) + "`", ""]
     if result.split:
-        lines += ["## Omniglot split (the original's DataGenerator with a sorted listing)", "",
-                  "| split | characters | shared with the port's | same order |", "|---|---|---|---|"]
-        lines += [f"| {s} | {v['characters']} | {v['same_characters']} | {v['same_order']} |"
-                  for s, v in result.split.items()]
+        lines += ["## Omniglot split", "",
+                  "The original's `DataGenerator` with the stand-in's sorted `os.listdir`, and (last column) with "
+                  "this file system's own listing order, as the original runs by itself.", "",
+                  "| split | characters | shared with the port's | same order | shared, unsorted listing |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s} | {v['characters']} | {v['same_characters']} | {v['same_order']} | "
+                  f"{v['same_characters_unsorted_listing']} |" for s, v in result.split.items()]
         lines.append("")
     g = result.gradients
     if g:
         lines += ["## 1. One batch: outputs, losses and meta-gradient", "",
-                  f"Relative error, max |port - original| / max |original| per tensor ({g['steps']} inner steps "
-                  "built). The original computes in float32. Tolerances: float64 port "
-                  f"{TOLERANCES['float64']}, float32 port {TOLERANCES['float32']}.", "",
-                  "| quantity | float64 port | float32 port |", "|---|---|---|"]
-        for key in ("support_outputs", "query_outputs", "loss_before"):
-            lines.append(f"| {key} | {_fmt(g['float64'][key])} | {_fmt(g['float32'][key])} |")
-        for j, (a, b) in enumerate(zip(g["float64"]["loss_after_step"], g["float32"]["loss_after_step"])):
-            lines.append(f"| loss after step {j + 1} | {_fmt(a)} | {_fmt(b)} |")
-        for name in g["float64"]["meta_gradient"]:
-            lines.append(f"| meta-gradient `{name}` | {_fmt(g['float64']['meta_gradient'][name])} | "
-                         f"{_fmt(g['float32']['meta_gradient'][name])} |")
+                  f"Relative error per tensor, max |a - b| / max |original| ({g['steps']} inner steps built, as "
+                  "the original main() builds them). The original computes in float32; `rounding` is the float32 "
+                  "port against the float64 one: what float32 rounding does in this configuration. Allowed for "
+                  f"the float64 port: {ROUNDING_FACTOR:g} x rounding, at least {TOLERANCES['outputs']:g} for "
+                  f"outputs and losses, {TOLERANCES['meta_gradient']:g} for the meta-gradient.", "",
+                  "| tensor | original vs float64 port | original vs float32 port | rounding | allowed | |",
+                  "|---|---|---|---|---|---|"]
+        for key, r in g["tensors"].items():
+            lines.append(f"| {key} | {_fmt(r['float64'])} | {_fmt(r['float32'])} | {_fmt(r['rounding'])} | "
+                         f"{_fmt(r['allowed'])} | {'ok' if r['passed'] else 'FAIL'} |")
         if config.norm == "batch_norm":
             lines += ["", "Biases followed by a batch norm are left out: their meta-gradient is 0 in exact "
                       "arithmetic, and both programs' values are float noise."]
@@ -540,10 +562,12 @@ def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000
             start = time.time()
             compare_gradients(config, worker, init, result)
             result.seconds["gradients"] = round(time.time() - start, 1)
-            print(f"gradients: largest relative error, float64 port {_fmt(result.gradients['float64']['max_outputs'])}"
-                  f" (outputs), {_fmt(result.gradients['float64']['max_meta_gradient'])} (meta-gradient); float32 "
-                  f"port {_fmt(result.gradients['float32']['max_outputs'])}, "
-                  f"{_fmt(result.gradients['float32']['max_meta_gradient'])}", flush=True)
+            summary = result.gradients["summary"]
+            print(f"gradients: largest relative error of the original against the float64 port "
+                  f"{_fmt(summary['outputs_float64'])} (outputs, losses), {_fmt(summary['meta_gradient_float64'])} "
+                  f"(meta-gradient); against the float32 port {_fmt(summary['outputs_float32'])}, "
+                  f"{_fmt(summary['meta_gradient_float32'])}; float32 rounding "
+                  f"{_fmt(summary['outputs_rounding'])}, {_fmt(summary['meta_gradient_rounding'])}", flush=True)
         trained = {}
         if "curves" in parts:
             val_interval = val_interval or 5 * config.datasource_spec.print_interval

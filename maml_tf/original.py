@@ -290,10 +290,11 @@ class Session:
 
         FLAGS, m = absl_flags.FLAGS, self.model
         names = [v.name[:-2] for _, v in m.gvs]
+        grads = [g for g, _ in m.gvs]  # `model.gvs` keeps the gradients before maml.py clips them.
         fetch = {"outputas": m.outputas, "outputbs": m.outputbs, "total_loss1": m.total_loss1,
-                 "total_losses2": m.total_losses2, "grads": [g for g, _ in m.gvs]}
-        if FLAGS.datasource == "miniimagenet":  # metatrain_op clips: report the gradient before clipping too.
-            fetch["unclipped"] = self.v1.gradients(m.total_losses2[FLAGS.num_updates - 1], [v for _, v in m.gvs])
+                 "total_losses2": m.total_losses2, "grads": grads}
+        if FLAGS.datasource == "miniimagenet":  # metatrain_op applies them clipped, as maml.py does it.
+            fetch["unclipped"], fetch["grads"] = grads, [self.v1.clip_by_value(g, -10, 10) for g in grads]
         out = self.sess.run(fetch, self._feed(self.train_inputs, batch))
         out["grads"] = dict(zip(names, out["grads"]))
         if "unclipped" in out:
@@ -334,8 +335,10 @@ class Session:
             rows.append(self.sess.run(fetch, {**self._feed(self.test_inputs, one), m.meta_lr: 0.0}))
         return np.asarray(rows, np.float64)
 
-    def split(self, flags: Dict, data_folder: str) -> Dict[str, list]:
-        """The Omniglot characters of each split as the original `DataGenerator` lists them (sorted listing)."""
+    def split(self, flags: Dict, data_folder: str, sorted_listing: bool = True) -> Dict[str, list]:
+        """The Omniglot characters of each split as the original `DataGenerator` lists them: with the stand-in's
+        sorted listing, or (`sorted_listing=False`) with this file system's `os.listdir` order, as the original."""
+        self.data_generator.os = _sorted_os() if sorted_listing else os
         out = {}
         for test_set in (False, True):
             set_original_flags({**flags, "datasource": "omniglot", "test_set": test_set})

@@ -19,6 +19,20 @@ def shared_path(*parts) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def miniimagenet_dir(tmp_path_factory) -> Path:
+    """data_dir with miniImagenet/ prepared from synthetic JPEGs named after the real CSV rows."""
+    from test_prepare import write_miniimagenet_source
+
+    from maml_tf.data import prepare
+
+    work = tmp_path_factory.mktemp("mini")
+    source = write_miniimagenet_source(work / "src", {"train": (5, 16), "val": (5, 16), "test": (6, 2)})
+    prepare.prepare_miniimagenet(source, source / "images", work / "data" / "miniImagenet", workers=1,
+                                 log=lambda _: None)
+    return work / "data"
+
+
 def assert_metamodel_fits_saves_and_loads(meta, batches, tmp_path) -> None:
     """`meta` (a compiled `MetaModel`) fits one epoch of `batches` (TaskBatches) to a finite loss, and a `.keras`
     file of it loads with equal meta-parameters."""

@@ -258,18 +258,6 @@ def test_tfds_not_prepared_without_download(tmp_path):
 
 
 # -------------------------------------------------------------- MiniImagenet
-@pytest.fixture(scope="module")
-def miniimagenet_dir(tmp_path_factory) -> Path:
-    """data_dir with miniImagenet/ prepared from synthetic JPEGs named after the real CSV rows."""
-    from test_prepare import write_miniimagenet_source
-
-    work = tmp_path_factory.mktemp("mini")
-    source = write_miniimagenet_source(work / "src", {"train": (5, 16), "val": (5, 2), "test": (6, 2)})
-    prepare.prepare_miniimagenet(source, source / "images", work / "data" / "miniImagenet", workers=1,
-                                 log=lambda _: None)
-    return work / "data"
-
-
 def test_miniimagenet_training_tasks_have_15_queries(miniimagenet_dir):
     config = Config(datasource="miniimagenet", data_dir=str(miniimagenet_dir), num_classes=5,
                     update_batch_size=1, max_pool=True, train=True)
