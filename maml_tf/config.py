@@ -115,6 +115,13 @@ class Config:
     mixed_precision: bool = option(False, "compute in float16 with float32 variables, losses, fast-weight updates "
                                           "and batch-norm moments, and dynamic loss scaling (for GPUs; results "
                                           "differ from float32 by float16 rounding).")
+    distribute: str = option("none", "train on several devices: mirrored (every GPU of this host, or "
+                                     "--distribute_devices) or multi_worker (the hosts of TF_CONFIG); each replica "
+                                     "runs an equal share of a meta-batch's tasks (docs/distributed.md).",
+                             choices=("none", "mirrored", "multi_worker"))
+    distribute_devices: str = option("", "with --distribute=mirrored: the devices, comma-separated (e.g. "
+                                         "/gpu:0,/gpu:1); /cpu:N past the first CPU are made logical CPU devices, to "
+                                         "try a distributed run on a CPU. Default: every GPU (else the CPU).")
     # The selected algorithm's own options (`maml_tf.algorithms.options`); flags `--<prefix>_<name>`.
     options: AlgorithmOptions = dataclasses.field(default=None, metadata={"flag": False})
 
@@ -190,6 +197,16 @@ class Config:
                               f"llama, mmaml), not to --algorithm={self.algorithm}.")
         if self.recompute_inner_steps and self.mixed_precision:
             raise ConfigError("--recompute_inner_steps does not support --mixed_precision (loss scaling).")
+        if self.distribute != "none":
+            reason = self.options.not_distributable
+            if reason:
+                raise ConfigError(f"--distribute: --algorithm={self.algorithm} cannot be split across replicas: "
+                                  f"{reason}.")
+            for name in ("jit_compile", "mixed_precision"):
+                if getattr(self, name):
+                    raise ConfigError(f"--{name} is not supported with --distribute.")
+        if self.distribute_devices and self.distribute != "mirrored":
+            raise ConfigError("--distribute_devices needs --distribute=mirrored.")
         if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:
             raise ConfigError(f"{self.datasource}'s conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")

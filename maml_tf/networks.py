@@ -37,6 +37,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.config import Config
+from maml_tf.core.distribute import assign
 from maml_tf.data import DATASOURCES
 
 
@@ -355,9 +356,9 @@ class PerStepBatchNorm(keras.layers.Layer):
             value = tf.convert_to_tensor(var)
             if not self.per_step_statistics:
                 (row,) = rows.values()
-                var.assign(row[2] * value + (1.0 - row[2]) * row[j])
+                assign(var, row[2] * value + (1.0 - row[2]) * row[j])
                 continue
-            var.assign(tf.stack([rows[k][2] * value[k] + (1.0 - rows[k][2]) * rows[k][j] if k in rows else value[k]
+            assign(var, tf.stack([rows[k][2] * value[k] + (1.0 - rows[k][2]) * rows[k][j] if k in rows else value[k]
                                  for k in range(var.shape[0])]))
 
     def get_config(self):

@@ -30,6 +30,8 @@ class AlgorithmOptions:
     pretraining: ClassVar[bool] = False
     # Whether the algorithm runs MAML's task function, so that --recompute_inner_steps applies.
     recomputes: ClassVar[bool] = False
+    # Why the algorithm cannot split a meta-batch across replicas (--distribute), or None if it can.
+    not_distributable: ClassVar[Optional[str]] = None
     # Shared flags that a resumed training may not change for this algorithm (beyond `train.RESUMABLE_CHANGES`).
     fixed_on_resume: ClassVar[Tuple[str, ...]] = ()
 

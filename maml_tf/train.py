@@ -28,6 +28,8 @@ import tensorflow as tf
 
 from maml_tf import algorithms
 from maml_tf.config import Config
+from maml_tf.core import distribute as distribute_lib
+from maml_tf.core.distribute import distribute, is_chief, worker_index
 from maml_tf.data import make_tasks
 from maml_tf.types import TaskBatch
 
@@ -601,7 +603,7 @@ RESUMABLE_CHANGES = frozenset({
     "metatrain_iterations", "log", "logdir", "resume", "train", "test_iter", "test_set", "num_test_tasks", "data_dir",
     "tfds_data_dir", "progress", "import_checkpoint", "export_checkpoint", "batch_tasks", "batched_conv_max_support",
     "task_groups", "intra_op_threads", "jit_compile", "mixed_precision", "tf_log", "test_ensemble",
-    "recompute_inner_steps"})
+    "recompute_inner_steps", "distribute", "distribute_devices"})
 
 
 def check_resumable(config: Config, directory: str) -> None:
@@ -644,10 +646,20 @@ def run(config: Config):
         _writable_folder(os.path.dirname(os.path.abspath(config.export_checkpoint)),
                          f"--export_checkpoint={config.export_checkpoint}")
     configure_threads(config)
+    strategy = make_strategy(config) if config.train else None  # Testing runs on one device.
+    # Multi-worker: the chief writes the experiment folder; each other worker saves its (equal) copies in a folder
+    # of its own, and every worker resumes from the chief's checkpoints.
+    own = directory if is_chief() or strategy is None else os.path.join(directory, f".worker{worker_index()}")
     tf.keras.utils.set_random_seed(config.seed)
-    algo = build_algorithm(config)
-    checkpoints = Checkpoints(algo, directory)
-    with ExperimentLock(directory) if config.train else contextlib.nullcontext():
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        algo = build_algorithm(config)
+        checkpoints = Checkpoints(algo, own)
+        chief_checkpoints = checkpoints if own == directory else Checkpoints(algo, directory)
+    if strategy is not None:
+        distribute(algo, strategy)
+        print(f"Distributed over {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}): "
+              f"{config.meta_batch_size // strategy.num_replicas_in_sync} tasks of each meta-batch on each.")
+    with ExperimentLock(own) if config.train else contextlib.nullcontext():
         resume_itr = 0
         if config.import_checkpoint:
             from maml_tf.tf1_checkpoint import load_tf1_checkpoint
@@ -657,18 +669,18 @@ def run(config: Config):
                 raise TrainingError(f"--import_checkpoint={config.import_checkpoint}: {e}") from None
             print(f"Imported the original's checkpoint {config.import_checkpoint}")
         elif config.resume or not config.train:
-            if config.train and checkpoints.manager.checkpoints:
+            if config.train and chief_checkpoints.manager.checkpoints:
                 check_resumable(config, directory)
-            path = checkpoints.restore_latest(config.test_iter)
+            path = chief_checkpoints.restore_latest(config.test_iter)
             if path:
                 print(f"Restoring model weights from {path}")
-                resume_itr = int(checkpoints.iteration.numpy())
+                resume_itr = int(chief_checkpoints.iteration.numpy())
             elif not config.train:
                 raise TrainingError(
                     f"No checkpoint in {directory} to test. Train first with the same flags (the folder name comes "
                     f"from them), or check --logdir; folders there: {_listdir(config.logdir)}.")
         if config.train:
-            with open(os.path.join(directory, "config.json"), "w") as f:
+            with open(os.path.join(own, "config.json"), "w") as f:
                 json.dump(config.flat(), f, indent=1)
             result = train(config, algo, checkpoints, resume_itr)
         else:
@@ -677,6 +689,34 @@ def run(config: Config):
         from maml_tf.tf1_checkpoint import export_tf1_checkpoint
         print(f"Exported {export_tf1_checkpoint(algo.model, config.export_checkpoint)} (original TF1 format)")
     return result
+
+
+def make_strategy(config: Config):
+    """The `tf.distribute` strategy of `--distribute` (None: one device); `--distribute_devices` named /cpu:N
+    past the first CPU become logical CPU devices (before TensorFlow starts its runtime)."""
+    if config.distribute == "none":
+        return None
+    devices = [d.strip() for d in config.distribute_devices.split(",") if d.strip()] or None
+    cpus = [int(d.rsplit(":", 1)[1]) for d in devices or [] if d.lower().startswith("/cpu:")]
+    if cpus and max(cpus) > 0:
+        physical = tf.config.list_physical_devices("CPU")[0]
+        logical = tf.config.get_logical_device_configuration(physical) or [None]
+        if len(logical) <= max(cpus):
+            try:
+                tf.config.set_logical_device_configuration(
+                    physical, [tf.config.LogicalDeviceConfiguration()] * (max(cpus) + 1))
+            except RuntimeError:
+                raise TrainingError("--distribute_devices: the logical CPU devices cannot be made once TensorFlow "
+                                    "is running.") from None
+    try:
+        strategy = distribute_lib.make_strategy(config.distribute, devices)
+    except (ValueError, RuntimeError) as e:
+        raise TrainingError(f"--distribute={config.distribute}: {_first_line(e)}") from None
+    try:
+        distribute_lib.check_divisible(config.meta_batch_size, strategy.num_replicas_in_sync)
+    except ValueError as e:
+        raise TrainingError(f"--distribute={config.distribute}: {e}") from None
+    return strategy
 
 
 def _listdir(path: str):

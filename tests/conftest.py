@@ -1,4 +1,4 @@
-"""Shared test helpers: quiet TensorFlow, the repository root and ../shared."""
+"""Shared test helpers: quiet TensorFlow, four logical CPU devices, the repository root and ../shared."""
 
 import os
 from pathlib import Path
@@ -6,6 +6,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Four logical CPU devices, for the tests of tf.distribute (tests/test_distribute.py): they must exist before
+# TensorFlow starts its runtime. Everything else runs on the first, as without them.
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 4)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf.core.distribute import assign, gather_tasks
 from maml_tf.core.execution import Execution
 from maml_tf.core.outer import DynamicLossScale, clip_by_norm, clip_by_value, outer_update
 from maml_tf.functional import ParameterSplit, current_non_trainable, functional_call, is_seed_state, training_kwargs
@@ -164,8 +165,8 @@ class MetaLearner:
         """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): clipping to the norm
         `clip_norm` and elementwise with `clip_value`, the loss-scale guard, then `optimizer` (a Keras optimiser or
         `apply(grads, variables)`)."""
-        return outer_update(clip_by_norm(grads, self.clip_norm, self.clip_groups()), self.meta_variables, optimizer,
-                            clip_value=self.clip_value, loss_scale=self.loss_scale)
+        return outer_update(grads, self.meta_variables, optimizer, clip_value=self.clip_value,
+                            clip_norm=self.clip_norm, clip_groups=self.clip_groups(), loss_scale=self.loss_scale)
 
     def clip(self, grads: Sequence) -> list:
         """The meta-gradient as `outer_step` applies it: clipped to the norm `clip_norm` and elementwise to
@@ -301,10 +302,11 @@ def check_model(model: keras.Model, second_order: bool) -> None:
 def refresh_statistics(model: keras.Model, support_x, training: bool = True) -> None:
     """One stateless training-mode pass over all support examples of a meta-batch; stores the new
     non-trainable state (moving averages), keeping seed-generator states."""
+    support_x = gather_tasks(support_x)  # Distributed: the whole meta-batch's, on every replica.
     flat = tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)), support_x)
     weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
     _, updated = model.stateless_call(weights, current_non_trainable(model), flat,
                                       **training_kwargs(model, training))
     for var, value in zip(model.non_trainable_variables, updated):
         if not is_seed_state(var):
-            var.assign(value)
+            assign(var, value)

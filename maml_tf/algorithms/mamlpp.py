@@ -61,6 +61,7 @@ import tensorflow as tf
 
 from maml_tf.algorithms.maml import MAML, tf1_adam
 from maml_tf.core import objective
+from maml_tf.core.distribute import assign, gather_tasks
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, learned_sgd
 from maml_tf.core.outer import CosineAnnealing
@@ -212,7 +213,7 @@ class MAMLPlusPlus(MAML):
     def outer_step(self, grads, optimizer) -> dict:
         """The update, counted (the epochs of MSL and DA)."""
         results = super().outer_step(grads, optimizer)
-        self.iterations.assign_add(1)
+        assign(self.iterations, self.iterations + 1)
         return results
 
     # ----------------------------------------------- running statistics
@@ -238,6 +239,7 @@ class MAMLPlusPlus(MAML):
     def _update_statistics(self, moments) -> None:
         """Running statistics <- their EMA with the batch's moments (mean over tasks), the momentum
         compounded over the passes that row saw (`1 - (1 - momentum)^passes`)."""
+        moments = gather_tasks(moments)  # Distributed: every replica's tasks, so that each updates alike.
         mean = tf.reduce_mean(moments, 0)
         tasks = tf.cast(tf.shape(moments)[0], mean.dtype)
         offset, updates = 0, {}

@@ -24,6 +24,8 @@ class MAMLOptions(AlgorithmOptions):
 
 @dataclasses.dataclass
 class ReptileOptions(AlgorithmOptions):
+    not_distributable = ("its tasks run one after another, each from the inner Adam state the previous task left, "
+                         "as the authors' code does")
     """`openai/supervised-reptile`'s flags and defaults. Shared: --num_classes (--classes), --update_batch_size
     (--shots), --meta_batch_size (--meta-batch), --metatrain_iterations (--meta-iters), --seed."""
 
@@ -249,6 +251,8 @@ class BMAMLOptions(EMAMLOptions):
 
 @dataclasses.dataclass
 class PLATIPUSOptions(AlgorithmOptions):
+    not_distributable = ("its tasks' samples come from one random stream in task order; replicas would draw "
+                         "theirs from copies of it")
     """PLATIPUS (Finn, Xu & Levine 2018; no authors' code: the paper's Algorithm 1). Shared: --num_updates and
     --update_lr (the inner SGD after sampling), --meta_lr, --meta_batch_size, --stop_grad."""
 

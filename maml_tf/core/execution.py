@@ -16,8 +16,9 @@ over a meta-batch:
 
 Both return per-task results with a leading task axis and, when asked, the
 mean over tasks of the gradient of `task_fn`'s `objective` with respect to
-`params`. `tests/test_execution.py` checks that they agree. A distributed
-backend (one replica per group of tasks) is the next one of this kind.
+`params`. `tests/test_execution.py` checks that they agree. Across devices
+and hosts, `maml_tf.core.distribute` gives each `tf.distribute` replica an
+equal share of a meta-batch's tasks, which it runs with one of these.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The one outer update: `theta <- optimiser(theta, clip(meta-gradient))`, used by every algorithm and `MetaModel`.
 
-Order: elementwise clipping (the original clips MiniImagenet's meta-gradient
-to [-10, 10]); then, in a distributed run, the all-reduce (mean over
-replicas) would go here, before anything that looks at the values; then, with
+Order: in a distributed run, the all-reduce (the mean over the replicas of
+their tasks' mean meta-gradients: `maml_tf.core.distribute`), before anything
+that looks at the values; clipping to a global norm (`--clip_norm`); elementwise
+clipping (the original clips MiniImagenet's meta-gradient to [-10, 10]); with
 float16 layers, the loss-scale guard (an update with a non-finite gradient is
 skipped); then the optimiser.
 """
@@ -72,6 +73,7 @@ def clip_by_norm(grads: Sequence, clip_norm: Optional[float], groups: Sequence[i
 
 
 def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = None,
+                 clip_norm: Optional[float] = None, clip_groups: Optional[Sequence[int]] = None,
                  loss_scale: Optional[DynamicLossScale] = None) -> dict:
     """Applies the meta-gradient `grads` to `variables` (aligned nests).
 
@@ -79,6 +81,8 @@ def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = N
       optimizer: a Keras optimiser (`optimizer.apply`), or a function
         `apply(grads, variables)` (Reptile's epsilon step).
       clip_value: elementwise clipping.
+      clip_norm, clip_groups: clipping to a global norm (`clip_by_norm`; groups
+        default to one).
       loss_scale: with float16 layers: skip the update if a gradient is not
         finite, and adjust the scale.
 
@@ -86,12 +90,11 @@ def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = N
       Entries for the step's results: none without loss scaling, else
       `loss_scale` (the scale this step used) and `update_skipped`.
     """
-    grads, variables = clip_by_value(tf.nest.flatten(grads), clip_value), tf.nest.flatten(variables)
-    # tf.distribute: grads = replica_context.all_reduce("mean", grads) goes here.
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        apply = lambda: optimizer.apply(grads, variables)  # noqa: E731
-    else:
-        apply = lambda: optimizer(grads, variables)  # noqa: E731
+    from maml_tf.core.distribute import all_reduce_mean, apply_update
+
+    grads, variables = all_reduce_mean(tf.nest.flatten(grads)), tf.nest.flatten(variables)
+    grads = clip_by_value(clip_by_norm(grads, clip_norm, clip_groups or [len(grads)]), clip_value)
+    apply = lambda: apply_update(optimizer, grads, variables)  # noqa: E731
     if loss_scale is None:
         apply()
         return {}
