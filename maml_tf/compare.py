@@ -39,6 +39,7 @@ from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from maml_tf import cli  # noqa: E402
@@ -95,8 +96,6 @@ class Comparison:
 # ----------------------------------------------------------------------------------------------- helpers
 def rel_err(got, expected, scale=None) -> float:
     """Max |got - expected| over the largest |expected| (or `scale`)."""
-    import numpy as np
-
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     scale = np.max(np.abs(expected)) if scale is None else scale
     return float(np.max(np.abs(got - expected)) / max(float(scale), 1e-30))
@@ -113,8 +112,6 @@ def original_flags(config) -> Dict:
 
 def to_original(batch) -> Dict:
     """A port `TaskBatch` as the original's placeholders take it: float32, each example flattened."""
-    import numpy as np
-
     def flat(a):
         a = np.asarray(a, np.float32)
         return a.reshape(a.shape[0], a.shape[1], -1)
@@ -124,8 +121,6 @@ def to_original(batch) -> Dict:
 
 
 def stack_tasks(batches) -> Dict:
-    import numpy as np
-
     arrays = [to_original(b) for b in batches]
     return {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
 
@@ -156,8 +151,6 @@ def _batch(arrays: Dict, dtype: str):
 
 
 def _numpy(batch) -> Dict:
-    import numpy as np
-
     return {k: np.asarray(v) for k, v in batch._asdict().items()}
 
 
@@ -176,7 +169,6 @@ def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
     within `ROUNDING_FACTOR` times that of the float64 port, or within the
     `TOLERANCES` floor.
     """
-    import numpy as np
     import tensorflow as tf
 
     from maml_tf.data import make_tasks
@@ -251,8 +243,6 @@ def _before_batch_norm(name: str, config) -> bool:
 def learning_curves(config, worker, init: Dict, iterations: int, val_interval: int, part_tolerance: float,
                     result: Comparison):
     """Both programs trained on the same stream from the same weights; returns the port's trained algorithm."""
-    import numpy as np
-
     from maml_tf.data import make_tasks
     from maml_tf.train import _Progress
 
@@ -327,8 +317,6 @@ def plot_curves(curves: Dict, config, path: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
     metric = "post_accuracy" if config.classification else "post_loss"
     label = "accuracy" if config.classification else "loss"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -369,8 +357,6 @@ def test_tasks(test_config):
 
 def cross_evaluate(test_config, worker, tasks, weights: Dict, name: str, result: Comparison) -> None:
     """One checkpoint's per-task results in both programs, on the same tasks."""
-    import numpy as np
-
     algo = port_algorithm(test_config, "float32", weights)
     steps = test_config.num_steps_reported
     classification = test_config.classification
