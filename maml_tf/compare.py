@@ -60,19 +60,6 @@ ROUNDING_FACTOR = 10.0
 MEAN_TOLERANCE = 0.25
 
 FLAGS = flags.FLAGS
-cli.define_config_flags()
-flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml (maml.py, utils.py, "
-                    "data_generator.py).")
-flags.DEFINE_string("out", None, "output folder (default: <logdir>/compare/<the run's folder name>).")
-flags.DEFINE_list("parts", list(PARTS), f"what to run, of {', '.join(PARTS)}.")
-flags.DEFINE_integer("iterations", 1000, "curves: meta-iterations each program trains.")
-flags.DEFINE_integer("val_interval", 0, "curves: iterations between validation batches (0: the original's, 500 "
-                     "for images, 1000 for the sinusoid).")
-flags.DEFINE_float("part_tolerance", 1e-3, "curves: relative difference of the training loss at which the two "
-                   "programs count as parted.")
-flags.DEFINE_string("checkpoint", None, "cross_eval: a TF1 checkpoint prefix to evaluate with both (the original's "
-                    "logs/.../model<itr>, or this port's --export_checkpoint).")
-flags.DEFINE_integer("init_seed", 0, "graph-level seed of the original's initialisers (the weights both start from).")
 
 
 @dataclasses.dataclass
@@ -588,6 +575,24 @@ def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000
     return result
 
 
+def define_flags() -> None:
+    """The original's flags (`Config`'s) and the command's own; defined when the command runs, not on import."""
+    cli.define_config_flags()
+    flags.DEFINE_string("original_dir", None, "a checkout of github.com/cbfinn/maml (maml.py, utils.py, "
+                        "data_generator.py).")
+    flags.DEFINE_string("out", None, "output folder (default: <logdir>/compare/<the run's folder name>).")
+    flags.DEFINE_list("parts", list(PARTS), f"what to run, of {', '.join(PARTS)}.")
+    flags.DEFINE_integer("iterations", 1000, "curves: meta-iterations each program trains.")
+    flags.DEFINE_integer("val_interval", 0, "curves: iterations between validation batches (0: the original's, 500 "
+                         "for images, 1000 for the sinusoid).")
+    flags.DEFINE_float("part_tolerance", 1e-3, "curves: relative difference of the training loss at which the two "
+                       "programs count as parted.")
+    flags.DEFINE_string("checkpoint", None, "cross_eval: a TF1 checkpoint prefix to evaluate with both (the original's "
+                        "logs/.../model<itr>, or this port's --export_checkpoint).")
+    flags.DEFINE_integer("init_seed", 0, "graph-level seed of the original's initialisers (the weights both start "
+                         "from).")
+
+
 def main(argv):
     try:
         if len(argv) > 1:
@@ -622,4 +627,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, PROGRAM))

@@ -24,8 +24,8 @@ class MAMLOptions(AlgorithmOptions):
 
 @dataclasses.dataclass
 class ReptileOptions(AlgorithmOptions):
-    not_distributable = ("its tasks run one after another, each from the inner Adam state the previous task left, "
-                         "as the authors' code does")
+    not_distributable = ("its tasks run one after another, each from the inner Adam state the previous task left "
+                         "(as the authors' code does), and their mini-batches come from one random stream")
     """`openai/supervised-reptile`'s flags and defaults. Shared: --num_classes (--classes), --update_batch_size
     (--shots), --meta_batch_size (--meta-batch), --metatrain_iterations (--meta-iters), --seed."""
 
