@@ -195,24 +195,29 @@ def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
         scale_key = key + " (unclipped)" if clipped and key.startswith("meta-gradient") and \
             not key.endswith("(unclipped)") else key
         scale = np.max(np.abs(tensors["original"][scale_key]))
-        row = {"float64": rel_err(tensors["float64"][key], expected, scale),
-               "float32": rel_err(tensors["float32"][key], expected, scale),
-               "rounding": rel_err(tensors["float32"][key], tensors["float64"][key], scale)}
-        floor = TOLERANCES["meta_gradient" if key.startswith("meta-gradient") else "outputs"]
-        row["allowed"] = max(floor, ROUNDING_FACTOR * row["rounding"])
-        row["passed"] = bool(row["float64"] <= row["allowed"])  # NaN fails.
-        rows[key] = row
-    bad = [k for k, r in rows.items() if not r["passed"]]
-    if bad:
-        worst = max(bad, key=lambda k: rows[k]["float64"] / max(rows[k]["allowed"], 1e-30))
-        result.fail(f"gradients: {len(bad)} tensors differ beyond the tolerance, worst {worst}: "
-                    f"{_fmt(rows[worst]['float64'])} > {_fmt(rows[worst]['allowed'])}")
+        rows[key] = {"float64": rel_err(tensors["float64"][key], expected, scale),
+                     "float32": rel_err(tensors["float32"][key], expected, scale),
+                     "rounding": rel_err(tensors["float32"][key], tensors["float64"][key], scale)}
+    judge_gradients(rows, result)
     grad_rows = [r for k, r in rows.items() if k.startswith("meta-gradient")]
     other_rows = [r for k, r in rows.items() if not k.startswith("meta-gradient")]
     result.gradients = {"steps": steps, "tensors": rows, "summary": {
         f"{what}_{col}": max(r[col] for r in group) for what, group in (("outputs", other_rows),
                                                                        ("meta_gradient", grad_rows))
         for col in ("float64", "float32", "rounding")}}
+
+
+def judge_gradients(rows: Dict[str, Dict], result: Comparison) -> None:
+    """Marks each tensor's row `allowed` and `passed` (see `TOLERANCES`), and `result` failed if one is not."""
+    for key, row in rows.items():
+        floor = TOLERANCES["meta_gradient" if key.startswith("meta-gradient") else "outputs"]
+        row["allowed"] = max(floor, ROUNDING_FACTOR * row["rounding"])
+        row["passed"] = bool(row["float64"] <= row["allowed"])  # NaN fails.
+    bad = [k for k, r in rows.items() if not r["passed"]]
+    if bad:
+        worst = max(bad, key=lambda k: rows[k]["float64"] / max(rows[k]["allowed"], 1e-30))
+        result.fail(f"gradients: {len(bad)} tensors differ beyond the tolerance, worst {worst}: "
+                    f"{_fmt(rows[worst]['float64'])} > {_fmt(rows[worst]['allowed'])}")
 
 
 def _before_batch_norm(name: str, config) -> bool:

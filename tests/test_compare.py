@@ -96,16 +96,19 @@ def test_sinusoid_batch_norm_gradients_and_a_failure(worker, tmp_path, monkeypat
     # Without the tolerance floor the float64 port differs from the float32 original by more than 0 x rounding.
     monkeypatch.setattr(compare, "TOLERANCES", {"outputs": 0.0, "meta_gradient": 0.0})
     monkeypatch.setattr(compare, "ROUNDING_FACTOR", 0.0)
-    failed = run(config, tmp_path / "failed", worker, parts=["gradients"])
+    failed = compare.Comparison(config=result.config)
+    compare.judge_gradients(tensors, failed)
     assert not failed.passed and "tensors differ beyond the tolerance" in failed.failures[0]
-    assert "Parity: **FAILED**" in (tmp_path / "failed" / "report.md").read_text()
+    compare.write_report(failed, config, str(tmp_path))
+    assert "Parity: **FAILED**" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("norm", ["batch_norm", "layer_norm"])
-def test_omniglot_gradients_and_split(worker, tmp_path, norm):
+@pytest.mark.parametrize("norm,first_order", [("batch_norm", False), ("layer_norm", True)])
+def test_omniglot_gradients_and_split(worker, tmp_path, norm, first_order):
     tfds_dir = shared_path("data", "tfds", "omniglot")
     config = Config(datasource="omniglot", omniglot_source="tfds", tfds_data_dir=str(tfds_dir.parent), norm=norm,
-                    num_filters=4, meta_batch_size=2, update_batch_size=1, update_lr=0.4, logdir=str(tmp_path))
+                    stop_grad=first_order, num_filters=4, meta_batch_size=2, update_batch_size=1, update_lr=0.4,
+                    logdir=str(tmp_path))
     result = run(config, tmp_path, worker, parts=["gradients"])
     assert result.passed, result.failures
     assert result.gradients["steps"] == 10  # The original main() builds test_num_updates = 10 steps.
@@ -135,14 +138,14 @@ def test_miniimagenet_shaped_max_pool(worker, tmp_path, miniimagenet_dir):
 
 
 def test_command_line_errors():
-    def fails(*args):
-        proc = subprocess.run([sys.executable, "-m", "maml_tf.compare", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        return proc.stderr.strip()
+    proc = subprocess.run([sys.executable, "-m", "maml_tf.compare", "--original_dir=/nonexistent"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("python -m maml_tf.compare: error: --original_dir='/nonexistent' has no maml.py")
+    from maml_tf.config import ConfigError
 
-    assert "--original_dir is required" in fails()
-    assert "has no maml.py" in fails("--original_dir=/nonexistent")
-    original = str(shared_path("original", "cbfinn-maml"))
-    assert "runs MAML only" in fails(f"--original_dir={original}", "--algorithm=reptile")
-    assert "--parts" in fails(f"--original_dir={original}", "--parts=gradients,everything")
+    for config, parts, message in ((Config(algorithm="reptile"), compare.PARTS, "runs MAML only"),
+                                   (Config(), ["gradients", "everything"], "--parts: everything"),
+                                   (Config(clip_norm=2.0), compare.PARTS, "--clip_norm: not in the original")):
+        with pytest.raises(ConfigError, match=message):
+            compare.check_config(config.validate(), parts, 10)
