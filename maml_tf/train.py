@@ -650,11 +650,15 @@ def run(config: Config):
     # Multi-worker: the chief writes the experiment folder; each other worker saves its (equal) copies in a folder
     # of its own, and every worker resumes from the chief's checkpoints.
     own = directory if is_chief() or strategy is None else os.path.join(directory, f".worker{worker_index()}")
+    if config.train:
+        os.makedirs(own, exist_ok=True)
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
         algo = build_algorithm(config)
-        checkpoints = Checkpoints(algo, own)
-        chief_checkpoints = checkpoints if own == directory else Checkpoints(algo, directory)
+    # Outside the scope: its iteration counter is a plain variable (under multi_worker a mirrored one would be
+    # broadcast from the chief on creation, and the workers create different numbers of them).
+    checkpoints = Checkpoints(algo, own)
+    chief_checkpoints = checkpoints if own == directory else Checkpoints(algo, directory)
     if strategy is not None:
         distribute(algo, strategy)
         print(f"Distributed over {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}): "

@@ -270,3 +270,33 @@ def test_two_workers_on_localhost_equal_one_device(tmp_path):
     for i in range(2):
         with np.load(tmp_path / f"worker{i}.npz") as z:
             assert_close([z[f"arr_{k}"] for k in range(len(z.files))], expected, 1e-10)
+
+
+def test_main_two_workers_then_resumed(tmp_path):
+    """main.py --distribute=multi_worker in two processes: the chief writes the experiment folder, worker 1 its
+    copies in .worker1; both resume from the chief's checkpoint; the weights are a single device's."""
+    folder = tmp_path / "cls_5.mbs_4.ubs_2.numstep1.updatelr0.001nonorm"
+    common = ["main.py", f"--logdir={tmp_path}", "--norm=None", "--meta_batch_size=4", "--update_batch_size=2",
+              "--progress=False", "--distribute=multi_worker"]
+    for iterations in (2, 4):
+        cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+        procs = [subprocess.Popen([sys.executable, *common, f"--metatrain_iterations={iterations}"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
+                                      {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+                 for i in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        assert f"Saved {folder}/model-{iterations - 1}" in outs[0][0]
+        assert f"Saved {folder}/.worker1/model-{iterations - 1}" in outs[1][0]
+    assert "Restoring model weights from " + str(folder / "model-1") in outs[1][0]  # The chief's checkpoint.
+    config = Config(norm="None", meta_batch_size=4, update_batch_size=2).validate()
+    keras.utils.set_random_seed(config.seed)
+    algo = train.build_algorithm(config)
+    for batch in make_tasks(config, "train", config.seed).batches(4, 4):
+        algo.train_step(batch)
+    for directory in (folder, folder / ".worker1"):
+        restored = train.build_algorithm(config)
+        assert train.Checkpoints(restored, str(directory)).restore_latest().endswith("model-3")
+        assert_close([v.numpy() for v in restored.meta_variables], [v.numpy() for v in algo.meta_variables], 1e-5)
