@@ -29,7 +29,6 @@ import tensorflow as tf
 from maml_tf import algorithms
 from maml_tf.config import Config
 from maml_tf.core import distribute as distribute_lib
-from maml_tf.core.distribute import distribute, is_chief, worker_index
 from maml_tf.data import make_tasks
 from maml_tf.types import TaskBatch
 
@@ -649,7 +648,8 @@ def run(config: Config):
     strategy = make_strategy(config) if config.train else None  # Testing runs on one device.
     # Multi-worker: the chief writes the experiment folder; each other worker saves its (equal) copies in a folder
     # of its own, and every worker resumes from the chief's checkpoints.
-    own = directory if is_chief() or strategy is None else os.path.join(directory, f".worker{worker_index()}")
+    own = (directory if strategy is None or distribute_lib.is_chief()
+           else os.path.join(directory, f".worker{distribute_lib.worker_index()}"))
     if config.train:
         os.makedirs(own, exist_ok=True)
     tf.keras.utils.set_random_seed(config.seed)
@@ -660,7 +660,7 @@ def run(config: Config):
     checkpoints = Checkpoints(algo, own)
     chief_checkpoints = checkpoints if own == directory else Checkpoints(algo, directory)
     if strategy is not None:
-        distribute(algo, strategy)
+        distribute_lib.distribute(algo, strategy)
         print(f"Distributed over {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}): "
               f"{config.meta_batch_size // strategy.num_replicas_in_sync} tasks of each meta-batch on each.")
     with ExperimentLock(own) if config.train else contextlib.nullcontext():

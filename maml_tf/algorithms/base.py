@@ -162,9 +162,9 @@ class MetaLearner:
         return [len(self.meta_variables)]
 
     def outer_step(self, grads: Sequence, optimizer) -> dict:
-        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): clipping to the norm
-        `clip_norm` and elementwise with `clip_value`, the loss-scale guard, then `optimizer` (a Keras optimiser or
-        `apply(grads, variables)`)."""
+        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): the all-reduce over replicas
+        (if distributed), clipping to the norm `clip_norm` and elementwise with `clip_value`, the loss-scale guard,
+        then `optimizer` (a Keras optimiser or `apply(grads, variables)`)."""
         return outer_update(grads, self.meta_variables, optimizer, clip_value=self.clip_value,
                             clip_norm=self.clip_norm, clip_groups=self.clip_groups(), loss_scale=self.loss_scale)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+import keras
 import tensorflow as tf
 
 from maml_tf.types import TaskBatch
@@ -62,25 +63,18 @@ def apply_update(optimizer, grads: Sequence, variables: Sequence) -> None:
 
     A Keras optimiser in a replica context sums the gradients of the replicas
     itself, so it is given `grads / replicas`. A function `apply(grads,
-    variables)` runs once per replica on that replica's copy of each variable.
+    variables)` (Reptile's step, which is not distributed) runs on one device only.
     """
-    import keras
-
     ctx = replica_context()
     if isinstance(optimizer, keras.optimizers.Optimizer):
         if ctx is not None:
             grads = [g / tf.cast(ctx.num_replicas_in_sync, g.dtype) for g in grads]
         optimizer.apply(list(grads), list(variables))
-        return
-    if ctx is None:
+    elif ctx is None:
         optimizer(list(grads), list(variables))
-        return
-
-    def update(strategy, *values):
-        for var, value in zip(variables, values):
-            strategy.extended.update(_tf_variable(var), lambda v, g: optimizer([g], [v]), args=(value,), group=False)
-
-    ctx.merge_call(update, args=tuple(grads))
+    else:
+        raise ValueError("an outer update given as a function cannot run on several replicas; give a Keras "
+                         "optimiser.")
 
 
 def assign(variable, value) -> None:
@@ -97,8 +91,6 @@ def assign(variable, value) -> None:
 
 def _tf_variable(variable):
     """The `tf.Variable` (a mirrored one under a strategy) behind a Keras variable."""
-    import keras
-
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 

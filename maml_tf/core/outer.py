@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf.core.distribute import all_reduce_mean, apply_update
+
 
 class DynamicLossScale(tf.Module):
     """Dynamic loss scaling for float16 computation (`--mixed_precision`), as Keras' `LossScaleOptimizer`.
@@ -90,8 +92,6 @@ def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = N
       Entries for the step's results: none without loss scaling, else
       `loss_scale` (the scale this step used) and `update_skipped`.
     """
-    from maml_tf.core.distribute import all_reduce_mean, apply_update
-
     grads, variables = all_reduce_mean(tf.nest.flatten(grads)), tf.nest.flatten(variables)
     grads = clip_by_value(clip_by_norm(grads, clip_norm, clip_groups or [len(grads)]), clip_value)
     apply = lambda: apply_update(optimizer, grads, variables)  # noqa: E731
