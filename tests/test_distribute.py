@@ -83,7 +83,8 @@ def assert_close(got, expected, rtol):
 @pytest.mark.parametrize("algorithm,replicas,options", [
     ("maml", 4, {"stop_grad": True, "norm": "batch_norm", "refresh": True}),  # Moving statistics refreshed.
     ("maml++", 2, {}),  # Per-step batch norm and its running statistics, the epoch counter.
-    ("imaml", 4, {}), ("bmaml", 2, {}), ("mmaml", 2, {}),
+    ("imaml", 4, {}), ("bmaml", 2, {}), ("mmaml", 2, {}), ("meta_sgd", 2, {}), ("anil", 4, {}), ("emaml", 2, {}),
+    ("llama", 2, {}),
     ("maml", 2, {"recompute_inner_steps": True, "batch_tasks": False}),
 ])
 def test_replicas_equal_one_device_in_float64(algorithm, replicas, options):
