@@ -234,7 +234,11 @@ def _before_batch_norm(name: str, config) -> bool:
 # ----------------------------------------------------------------------------------------------- 2. curves
 def learning_curves(config, worker, init: Dict, iterations: int, val_interval: int, part_tolerance: float,
                     result: Comparison):
-    """Both programs trained on the same stream from the same weights; returns the port's trained algorithm."""
+    """Both programs trained on the same stream from the same weights; returns the port's trained algorithm.
+
+    Ctrl-C stops both after the iteration in flight; the iterations done are
+    reported (`curves['interrupted']`).
+    """
     from maml_tf.data import make_tasks
     from maml_tf.train import _Progress
 
@@ -250,53 +254,61 @@ def learning_curves(config, worker, init: Dict, iterations: int, val_interval: i
     last = config.num_updates - 1
 
     def port_values(out):
-        values = {}
+        return {k: float(np.asarray(out[port_keys[k]])[last] if k.startswith("post") else out[port_keys[k]])
+                for k in keys}
+
+    def record(prefix, iteration, mine, theirs):
+        curves[prefix + "iteration"].append(iteration)
         for k in keys:
-            v = out[port_keys[k]]
-            values[k] = float(np.asarray(v)[last] if k.startswith("post") else v)
-        return values
+            curves[prefix + "port"][k].append(mine[k])
+            curves[prefix + "original"][k].append(theirs[k])
 
     curves = {"iteration": [], "original": {k: [] for k in keys}, "port": {k: [] for k in keys},
-              "val_iteration": [], "val_original": {k: [] for k in keys}, "val_port": {k: [] for k in keys}}
+              "val_iteration": [], "val_original": {k: [] for k in keys}, "val_port": {k: [] for k in keys},
+              "interrupted": False}
     progress = _Progress(iterations, config.progress)
     print(f"curves: {iterations} iterations of each program", flush=True)
     start = time.time()
-    for itr in range(iterations):
-        batch = next(train_tasks)
-        pretraining = itr < pretrain
-        worker.submit("train_step", batch=to_original(batch), pretrain=pretraining)  # Runs while the port does.
-        if pretraining:
-            out = algo.evaluate(batch, config.num_updates)  # The original reads these before its update.
-            algo.pretrain_step(batch)
-        else:
-            out = algo.train_step(batch, config.num_updates)
-        mine = port_values(out)
-        theirs = worker.result()
-        curves["iteration"].append(itr)
-        for k in keys:
-            curves["port"][k].append(mine[k])
-            curves["original"][k].append(theirs[k])
-        if (itr + 1) % val_interval == 0 or itr == iterations - 1:
-            val = next(val_tasks)
-            worker.submit("validate", batch=to_original(val))
-            mine = port_values(algo.evaluate(val, config.num_updates))
-            theirs = worker.result()
-            curves["val_iteration"].append(itr)
-            for k in keys:
-                curves["val_port"][k].append(mine[k])
-                curves["val_original"][k].append(theirs[k])
-        progress.update(itr)
+    itr = 0
+    try:
+        for itr in range(iterations):
+            batch = next(train_tasks)
+            pretraining = itr < pretrain
+            worker.submit("train_step", batch=to_original(batch), pretrain=pretraining)  # Runs while the port does.
+            if pretraining:
+                out = algo.evaluate(batch, config.num_updates)  # The original reads these before its update.
+                algo.pretrain_step(batch)
+            else:
+                out = algo.train_step(batch, config.num_updates)
+            record("", itr, port_values(out), worker.result())
+            if (itr + 1) % val_interval == 0 or itr == iterations - 1:
+                val = next(val_tasks)
+                worker.submit("validate", batch=to_original(val))
+                mine = port_values(algo.evaluate(val, config.num_updates))
+                record("val_", itr, mine, worker.result())
+            progress.update(itr)
+    except KeyboardInterrupt:
+        curves["interrupted"] = True
+        while worker.pending:  # The original finishes its step in flight (it does not get the signal).
+            worker.result()
+        print(f"\ncurves: interrupted; reporting the iterations before {itr}.", flush=True)
     progress.close()
     result.seconds["curves"] = round(time.time() - start, 1)
+    done = min(len(curves["port"]["post_loss"]), len(curves["original"]["post_loss"]))  # Both programs' records.
+    if not done:
+        raise KeyboardInterrupt  # Interrupted before the first iteration: nothing to report.
+    curves["iteration"] = curves["iteration"][:done]
+    for who in ("port", "original"):
+        curves[who] = {k: v[:done] for k, v in curves[who].items()}
     port, original = np.asarray(curves["port"]["post_loss"]), np.asarray(curves["original"]["post_loss"])
     rel = np.abs(port - original) / np.maximum(np.abs(original), 1e-30)
     differ = np.flatnonzero(port != original)
     parted = np.flatnonzero(~(rel <= part_tolerance))  # NaN counts as parted.
     curves["relative_difference"] = rel.tolist()
-    curves["identical_until"] = int(differ[0]) if len(differ) else iterations  # First iteration that differs.
+    curves["identical_until"] = int(differ[0]) if len(differ) else done  # First iteration that differs.
     curves["parted_at"] = int(parted[0]) if len(parted) else None
     curves["part_tolerance"] = part_tolerance
-    window = max(1, iterations // 20)
+    window = max(1, done // 20)
     curves["final_mean"] = {who: {k: float(np.mean(curves[who][k][-window:])) for k in keys}
                             for who in ("port", "original")}
     curves["final_window"] = window
@@ -446,6 +458,8 @@ def write_report(result: Comparison, config, out: str) -> str:
     if c:
         n = len(c["iteration"])
         lines += ["## 2. Learning curves", "",
+                  ("Interrupted (Ctrl-C): the iterations both programs finished are reported, and no checkpoint or "
+                   "cross-evaluation of the final weights was made. " if c["interrupted"] else "") +
                   f"{n} iterations each from the same weights on the same tasks (`curves.png`). The training "
                   f"loss after {config.num_updates} step(s) is bit-identical in both programs for the first "
                   f"{c['identical_until']} iterations" + (" (all)" if c["identical_until"] >= n else "") + "; " +
@@ -550,12 +564,15 @@ def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000
         if "curves" in parts:
             val_interval = val_interval or 5 * config.datasource_spec.print_interval
             algo = learning_curves(config, worker, init, iterations, val_interval, part_tolerance, result)
-            trained["original"] = worker.call("weights")
-            trained["port"] = port_weights(algo)
-            os.makedirs(os.path.join(out, "port"), exist_ok=True)
-            os.makedirs(os.path.join(out, "original"), exist_ok=True)
-            worker.call("save", prefix=os.path.abspath(os.path.join(out, "original", f"model{iterations}")))
-            export_tf1_checkpoint(algo.model, os.path.join(out, "port", f"model{iterations}"))
+            if result.curves["interrupted"]:  # The programs' weights may be a step apart: no checkpoints.
+                parts = [p for p in parts if p != "cross_eval"]
+            else:
+                trained["original"] = worker.call("weights")
+                trained["port"] = port_weights(algo)
+                os.makedirs(os.path.join(out, "port"), exist_ok=True)
+                os.makedirs(os.path.join(out, "original"), exist_ok=True)
+                worker.call("save", prefix=os.path.abspath(os.path.join(out, "original", f"model{iterations}")))
+                export_tf1_checkpoint(algo.model, os.path.join(out, "port", f"model{iterations}"))
             figure = plot_curves(result.curves, config, os.path.join(out, "curves.png"))
             print(f"curves: bit-identical for the first {result.curves['identical_until']} iterations, parted at "
                   f"{result.curves['parted_at']}; wrote {figure}", flush=True)
@@ -577,6 +594,8 @@ def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000
     path = write_report(result, config, out)
     print(f"Parity {'passed' if result.passed else 'FAILED: ' + '; '.join(result.failures)}. Wrote {path} and "
           f"report.json", flush=True)
+    if result.curves and result.curves["interrupted"]:
+        raise KeyboardInterrupt  # After the report: exit status 130.
     return result
 
 

@@ -388,8 +388,11 @@ class Worker:
             "CUDA_VISIBLE_DEVICES", "")}
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # A session of its own: Ctrl-C in the terminal reaches the parent only, which finishes the step in flight
+        # and writes what it has. The worker ends when the parent closes (or loses) the pipe.
         self.proc = subprocess.Popen([sys.executable, "-m", "maml_tf.original", os.path.abspath(original_dir), moments],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
+                                     start_new_session=True)
         self.pending = 0
         self._receive()  # 'ready', or the import's error.
 

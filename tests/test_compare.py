@@ -82,6 +82,27 @@ def test_sinusoid_all_parts(worker, tmp_path):
     assert entry["original_mean"] == result.cross_eval["original's weights after 3 iterations"]["original_mean"]
 
 
+def test_interrupted_curves_are_reported(worker, tmp_path, monkeypatch):
+    """Ctrl-C during the curves: the iterations both programs finished are reported, then KeyboardInterrupt."""
+    config = Config(norm="None", meta_batch_size=2, update_batch_size=2, batch_tasks=False, logdir=str(tmp_path))
+    submit, steps = worker.submit, []
+
+    def interrupting_submit(method, **kwargs):
+        if method == "train_step":
+            steps.append(1)
+            if len(steps) == 3:
+                raise KeyboardInterrupt
+        submit(method, **kwargs)
+
+    monkeypatch.setattr(worker, "submit", interrupting_submit)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, worker, iterations=10)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["curves"]["interrupted"] and report["curves"]["iteration"] == [0, 1]
+    assert report["cross_eval"] == {} and not (tmp_path / "port").exists()
+    assert "Interrupted (Ctrl-C)" in (tmp_path / "report.md").read_text()
+
+
 def test_sinusoid_batch_norm_gradients_and_a_failure(worker, tmp_path, monkeypatch):
     config = Config(meta_batch_size=2, update_batch_size=3, num_updates=2, logdir=str(tmp_path))
     result = run(config, tmp_path, worker, parts=["gradients"])
