@@ -75,11 +75,6 @@ flags.DEFINE_bool("count_convolutions", False, "also report the convolutions one
 FLAGS = flags.FLAGS
 
 
-def build(maml_module, test_num_updates, n_a, n_b):
-    """The original main.py's training model (`maml_tf.original.build_model`)."""
-    return build_model(maml_module, test_num_updates, n_a, n_b)
-
-
 def parse_overrides(pairs):
     out = {}
     for pair in pairs:
@@ -106,7 +101,7 @@ def time_preset(maml_module):
     else:  # Images: update_batch_size support and 1 query example per class (15 queries on MiniImagenet).
         n_a = FLAGS.num_classes * k
         n_b = FLAGS.num_classes * (15 if FLAGS.datasource == "miniimagenet" else 1)
-    model, inputs = build(maml_module, main_test_num_updates(), n_a, n_b)
+    model, inputs = build_model(maml_module, main_test_num_updates(), n_a, n_b)
     feed = {}
     for name, placeholder in inputs.items():
         shape = placeholder.shape.as_list()
@@ -146,7 +141,7 @@ def check_golden(maml_module, path):
     meta = json.loads(str(golden["meta_json"]))
     set_original_flags(json.loads(str(golden["flags_json"])))
     v1.reset_default_graph()
-    model, inputs = build(maml_module, meta["test_num_updates_used"], golden["inputa"].shape[1],
+    model, inputs = build_model(maml_module, meta["test_num_updates_used"], golden["inputa"].shape[1],
                           golden["inputb"].shape[1])
     sess = v1.Session()
     sess.run(v1.global_variables_initializer())

@@ -129,25 +129,14 @@ def port_weights(algo) -> Dict:
     return {n: v.numpy() for n, v in zip(original_variable_names(algo.model), algo.model.trainable_variables)}
 
 
-def _batch(arrays: Dict, dtype: str):
-    import tensorflow as tf
-
-    from maml_tf.types import TaskBatch
-
-    return TaskBatch(*(tf.constant(arrays[k], dtype) for k in ("support_x", "support_y", "query_x", "query_y")))
-
-
-def _numpy(batch) -> Dict:
-    return {k: np.asarray(v) for k, v in batch._asdict().items()}
-
-
 def _fmt(x: float) -> str:
     return f"{x:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------- 1. gradients
-def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
-    """One training batch through both: outputs, per-step losses, the meta-gradient per variable.
+def compare_gradients(config, worker, init: Dict, batch, result: Comparison) -> None:
+    """One training batch (`batch`, a `TaskBatch`) through both: outputs, per-step losses, the meta-gradient per
+    variable.
 
     Every tensor is compared three ways: the original against the float64 port
     (nearly exact arithmetic), the original against the float32 port, and the
@@ -158,12 +147,9 @@ def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
     """
     import tensorflow as tf
 
-    from maml_tf.data import make_tasks
     from maml_tf.networks import original_variable_names
-    from maml_tf.types import TaskBatch
 
-    batch = _numpy(next(make_tasks(config, "train", config.seed).batches(config.meta_batch_size)))
-    theirs = worker.call("meta_gradient", batch=to_original(TaskBatch(**batch)))
+    theirs = worker.call("meta_gradient", batch=to_original(batch))
     steps = config.num_steps_reported
     clipped = "unclipped" in theirs  # MiniImagenet: the original clips to [-10, 10] before Adam.
     names = [n for n in theirs["grads"] if not (config.norm == "batch_norm" and _before_batch_norm(n, config))]
@@ -183,7 +169,8 @@ def compare_gradients(config, worker, init: Dict, result: Comparison) -> None:
                                 theirs["total_losses2"], theirs["grads"], theirs.get("unclipped"))}
     for dtype in ("float64", "float32"):
         algo = port_algorithm(config, dtype, init)
-        grads, out = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(_batch(batch, dtype))
+        cast = tf.nest.map_structure(lambda t: tf.cast(t, dtype), batch)
+        grads, out = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(cast)
         port_names = original_variable_names(algo.model)
         query = np.asarray(out["query_outputs"])
         tensors[dtype] = flat(out["support_outputs"], [query[:, j] for j in range(steps)], out["total_loss1"],
@@ -364,9 +351,8 @@ def cross_evaluate(test_config, worker, tasks, weights: Dict, name: str, result:
     algo = port_algorithm(test_config, "float32", weights)
     steps = test_config.num_steps_reported
     classification = test_config.classification
-    worker.submit("assign", values=weights)
-    worker.result()
-    worker.submit("test", tasks=stack_tasks(tasks))
+    worker.call("assign", values=weights)
+    worker.submit("test", tasks=stack_tasks(tasks))  # Runs while the port evaluates.
     rows = []
     for batch in tasks:
         r = algo.evaluate(batch, steps)
@@ -552,7 +538,7 @@ def run(config, original_dir: str, out: str, parts=PARTS, iterations: int = 1000
             compare_split(config, worker, result)
         if "gradients" in parts:
             start = time.time()
-            compare_gradients(config, worker, init, result)
+            compare_gradients(config, worker, init, train_batch, result)
             result.seconds["gradients"] = round(time.time() - start, 1)
             summary = result.gradients["summary"]
             print(f"gradients: largest relative error of the original against the float64 port "

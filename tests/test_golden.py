@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from maml_tf import networks, train
 from maml_tf.algorithms import TaskBatch
+from maml_tf.compare import rel_err  # Max |got - expected| over the largest |expected|.
 from maml_tf.config import Config
 from maml_tf.tf1_checkpoint import assign_by_original_names, load_tf1_checkpoint, read_tf1_checkpoint
 from tests.conftest import shared_path
@@ -31,13 +32,6 @@ TOLERANCES = {"float64": (2e-5, 2e-4), "float32": (2e-3, 5e-2)}  # (outputs, met
 # (meta-gradient), relative to its tiny logits.
 FILE_TOLERANCES = {("omni5w1s_nonorm_fc", "float64"): (2e-4, 4e-4)}
 OUTPUT_TOL = TOLERANCES["float32"][0]
-
-
-def rel_err(got, expected, scale=None):
-    """Max absolute difference over the largest magnitude of `expected` (or over `scale`)."""
-    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    scale = np.max(np.abs(expected)) if scale is None else scale
-    return float(np.max(np.abs(got - expected)) / max(scale, 1e-30))
 
 
 def load(name):
