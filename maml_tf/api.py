@@ -29,7 +29,8 @@ import keras
 import tensorflow as tf
 
 from maml_tf import algorithms
-from maml_tf.algorithms.base import as_float_tensor, check_task_batch, refresh_statistics
+from maml_tf.algorithms.base import as_float_tensor, refresh_statistics
+from maml_tf.core.execution import check_task_batch
 from maml_tf.types import TaskBatch
 from maml_tf.functional import functional_call
 
@@ -72,7 +73,7 @@ def _metric_function(name: str) -> Callable:
     return fn
 
 
-def meta_learner(model: keras.Model, algorithm: str = "maml", *, loss=None, metrics: Sequence = (),
+def meta_learner(model: keras.Model, algorithm: str = algorithms.DEFAULT, *, loss=None, metrics: Sequence = (),
                  loss_fn: Optional[Callable] = None, metric_fn: Optional[Callable] = None, **options):
     """The algorithm `algorithm` (a name of `maml_tf.algorithms.ALGORITHMS`) on a built Keras model.
 
@@ -153,7 +154,7 @@ class MetaModel(keras.Model):
         strings, booleans, lists).
     """
 
-    def __init__(self, model: keras.Model, algorithm: str = "maml", loss=None,
+    def __init__(self, model: keras.Model, algorithm: str = algorithms.DEFAULT, loss=None,
                  metrics: Sequence = (), eval_steps: Optional[int] = None, name: str = "meta_model",
                  **options):
         for key in ("optimizer", "pretrain_optimizer", "meta_lr"):

@@ -44,7 +44,8 @@ def config_from_flags() -> Config:
                 values[flag] = FLAGS[flag].value
             elif FLAGS[flag].present:
                 raise ConfigError(f"--{flag} belongs to --algorithm={name}, not --algorithm={values['algorithm']}.")
-    return Config(**values)
+    given = [f.name for f in dataclasses.fields(Config) if f.metadata.get("flag", True) and FLAGS[f.name].present]
+    return Config(**values, given=given)
 
 
 def usage_error(message: str, program: str = "main.py"):

@@ -169,8 +169,8 @@ def compare_gradients(config, worker, init: Dict, batch, result: Comparison) -> 
                                 theirs["total_losses2"], theirs["grads"], theirs.get("unclipped"))}
     for dtype in ("float64", "float32"):
         algo = port_algorithm(config, dtype, init)
-        cast = tf.nest.map_structure(lambda t: tf.cast(t, dtype), batch)
-        grads, out = tf.function(lambda b: algo.meta_gradients(b, num_steps=steps))(cast)
+        cast = tf.nest.map_structure(lambda t, dtype=dtype: tf.cast(t, dtype), batch)
+        grads, out = tf.function(lambda b, algo=algo: algo.meta_gradients(b, num_steps=steps))(cast)
         port_names = original_variable_names(algo.model)
         query = np.asarray(out["query_outputs"])
         tensors[dtype] = flat(out["support_outputs"], [query[:, j] for j in range(steps)], out["total_loss1"],
@@ -227,7 +227,7 @@ def learning_curves(config, worker, init: Dict, iterations: int, val_interval: i
     reported (`curves['interrupted']`).
     """
     from maml_tf.data import make_tasks
-    from maml_tf.train import _Progress
+    from maml_tf.training.progress import Progress
 
     algo = port_algorithm(config, "float32", init)
     classification = config.classification
@@ -253,7 +253,7 @@ def learning_curves(config, worker, init: Dict, iterations: int, val_interval: i
     curves = {"iteration": [], "original": {k: [] for k in keys}, "port": {k: [] for k in keys},
               "val_iteration": [], "val_original": {k: [] for k in keys}, "val_port": {k: [] for k in keys},
               "interrupted": False}
-    progress = _Progress(iterations, config.progress)
+    progress = Progress(iterations, config.progress)
     print(f"curves: {iterations} iterations of each program", flush=True)
     start = time.time()
     itr = 0
@@ -339,8 +339,7 @@ def plot_curves(curves: Dict, config, path: str) -> str:
 # ----------------------------------------------------------------------------------------------- 3. cross-evaluation
 def test_tasks(test_config):
     """The port's test tasks (`train.test`'s: its split, seed, meta-batch 1)."""
-    from maml_tf.data import make_tasks
-    from maml_tf.train import TEST_SEED
+    from maml_tf.data import TEST_SEED, make_tasks
 
     split = "test" if test_config.test_set else "val"
     return list(make_tasks(test_config, split, TEST_SEED).batches(1, test_config.num_test_tasks))
@@ -486,7 +485,7 @@ def check_config(config, parts, iterations: int) -> None:
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         raise ConfigError(f"--parts: {', '.join(unknown) or 'none given'}; choose from {', '.join(PARTS)}.")
-    if config.algorithm != "maml":
+    if not config.options.original:
         raise ConfigError(f"--algorithm={config.algorithm}: the original code runs MAML only.")
     if config.datasource not in ("sinusoid", "omniglot", "miniimagenet"):
         raise ConfigError(f"--datasource={config.datasource}: the original has sinusoid, omniglot and "

@@ -38,7 +38,8 @@ class Config:
                                          "omniglot or miniimagenet (docs/data.md)", choices=tuple(DATASOURCES))
     num_classes: int = option(5, "number of classes used in classification (e.g. 5-way classification).")
     baseline: Optional[str] = option(None, "oracle, or None")
-    algorithm: str = option("maml", "meta-learning algorithm (docs/algorithms/).", choices=tuple(algorithms.ALGORITHMS))
+    algorithm: str = option(algorithms.DEFAULT, "meta-learning algorithm (docs/algorithms/).",
+                            choices=tuple(algorithms.ALGORITHMS))
     # Training.
     pretrain_iterations: int = option(0, "number of pre-training iterations.")
     metatrain_iterations: int = option(15000, "number of metatraining iterations.")
@@ -126,6 +127,8 @@ class Config:
     options: AlgorithmOptions = dataclasses.field(default=None, metadata={"flag": False})
 
     def __init__(self, **kwargs):
+        # Flags given explicitly on the command line (`maml_tf.cli`): a shared flag the algorithm does not use stops.
+        self.given = frozenset(kwargs.pop("given", ()))
         options = kwargs.pop("options", None)
         for f in dataclasses.fields(self):
             if f.name != "options":
@@ -188,13 +191,14 @@ class Config:
             raise ConfigError("--task_mode needs --datasource=multimodal_regression.")
         if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
             raise ConfigError(f"--clip_norm must be a finite non-negative number; got {self.clip_norm}.")
-        if self.clip_norm and self.algorithm in ("reptile", "imaml", "mmaml"):
-            raise ConfigError("--clip_norm applies to MAML and its variants"
-                              + (": MMAML's is --mmaml_clip_norm." if self.algorithm == "mmaml"
-                                 else f", not to --algorithm={self.algorithm}."))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, instead in self.options.unused_shared_flags.items():
+            if name in self.given or (not defaults[name] and getattr(self, name)):
+                raise ConfigError(f"--{name} is not used by --algorithm={self.algorithm}: {instead}.")
         if self.recompute_inner_steps and not self.options.recomputes:
-            raise ConfigError(f"--recompute_inner_steps applies to MAML's inner loop (maml, meta_sgd, anil, maml++, "
-                              f"llama, mmaml), not to --algorithm={self.algorithm}.")
+            users = ", ".join(k for k, e in algorithms.ALGORITHMS.items() if e.options.recomputes)
+            raise ConfigError(f"--recompute_inner_steps applies to MAML's inner loop ({users}), not to "
+                              f"--algorithm={self.algorithm}.")
         if self.recompute_inner_steps and self.mixed_precision:
             raise ConfigError("--recompute_inner_steps does not support --mixed_precision (loss scaling).")
         if self.distribute != "none":
@@ -311,7 +315,7 @@ class Config:
             s += f".clipnorm{self.clip_norm:g}"
         if self.datasource == "multimodal_regression":  # Port-only: one folder per task distribution.
             s += f".modes{self.num_modes}" + (f".mode{self.task_mode}" if self.task_mode >= 0 else "")
-        if self.algorithm != "maml":  # Port-only: other algorithms get their own folder; MAML keeps the original's.
+        if not self.options.original:  # Port-only: other algorithms get their own folder; MAML the original's.
             s += f".{self.algorithm}" + self.options.exp_suffix(self)
         return s
 

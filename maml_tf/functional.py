@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf import networks
+from maml_tf.batched import TaskBatchedNetwork
 from maml_tf.networks import NORMALIZATION_LAYERS
 
 
@@ -87,8 +88,6 @@ def functional_call(model: keras.Model, weights: Sequence, inputs, training: boo
 
 def task_batched_network(model: keras.Model):
     """The task-layout form of `model` (built once per model)."""
-    from maml_tf.batched import TaskBatchedNetwork  # batched.py builds on this module's layers.
-
     network = getattr(model, "_maml_tf_task_batched", None)
     if network is None:
         network = TaskBatchedNetwork(model)

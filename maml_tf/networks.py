@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.config import Config
-from maml_tf.core.distribute import assign
+from maml_tf.replicas import assign
 from maml_tf.data import DATASOURCES
 
 

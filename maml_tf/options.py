@@ -10,7 +10,7 @@ experiment folder's name.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Optional, Sequence, Tuple
 
 
 class ConfigError(ValueError):
@@ -34,6 +34,12 @@ class AlgorithmOptions:
     not_distributable: ClassVar[Optional[str]] = None
     # Shared flags that a resumed training may not change for this algorithm (beyond `train.RESUMABLE_CHANGES`).
     fixed_on_resume: ClassVar[Tuple[str, ...]] = ()
+    # Shared flags the algorithm does not use -> what it uses instead (said in the one-line error when such a flag
+    # is given explicitly, or a switch that is off by default is turned on).
+    unused_shared_flags: ClassVar[Dict[str, str]] = {}
+    # Whether it is the original code's algorithm: the original's experiment folder names (no algorithm suffix) and
+    # `maml_tf.compare`.
+    original: ClassVar[bool] = False
 
     def validate(self, config) -> None:
         """Raises `ConfigError` for values that cannot run with `config`."""
@@ -57,6 +63,10 @@ class AlgorithmOptions:
     def epoch_iterations(self, config) -> int:
         """Iterations per epoch when --epoch_iterations is 0 (0: no epochs)."""
         return 0
+
+    def paper_results(self, config) -> Optional[Dict[int, float]]:
+        """The paper's test results for `config`'s protocol, by inner step (printed beside the test's), if any."""
+        return None
 
 
 def check_choices(options, prefix: str) -> None:

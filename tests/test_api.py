@@ -114,7 +114,8 @@ def test_keras_batch_norm_warns_and_dropout_draws_new_masks():
     x = tf.random.uniform((4, 6))
     w = learner.weights()
     assert not np.allclose(functional_call(model, w, x), functional_call(model, w, x))  # Fresh dropout masks.
-    np.testing.assert_allclose(functional_call(model, w, x, training=False), functional_call(model, w, x, training=False))
+    np.testing.assert_allclose(functional_call(model, w, x, training=False),
+                               functional_call(model, w, x, training=False))
     assert np.isfinite(float(learner.train_step(class_batch(np.random.default_rng(2)))["total_loss1"]))
 
 

@@ -20,6 +20,7 @@ from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import inner_loop
 from maml_tf.core.particles import particle_forward, stack
 from maml_tf.core.svgd import svgd, svgd_direction
+from maml_tf.core.transforms import apply_updates
 from maml_tf.data.regression import LINE, SINE, FunctionTasks
 from tests.conftest import assert_metamodel_fits_saves_and_loads
 from tests.test_meta_sgd_anil import batch64, fc64
@@ -40,7 +41,8 @@ def test_svgd_with_one_particle_is_gradient_ascent_on_the_log_posterior():
     rng = np.random.default_rng(0)
     weights = [tf.constant(rng.normal(size=(1, 3, 2))), tf.constant(rng.normal(size=(1, 2)))]
     grads = [tf.constant(rng.normal(size=w.shape)) for w in weights]  # Of the loss: -grad log p.
-    new, _ = svgd(0.3).update(grads, (), weights, 0)
+    opt = svgd(0.3)
+    new = apply_updates(weights, opt.update(grads, opt.init(weights), weights, step=0)[0])
     for n, w, g in zip(new, weights, grads):
         np.testing.assert_allclose(n.numpy(), (w - 0.3 * g).numpy(), rtol=0, atol=1e-15)
 
@@ -198,7 +200,7 @@ def test_chaser_loss_is_zero_when_leader_and_chaser_coincide_and_its_gradient_re
     n = len(algo.model.trainable_variables)
     assert float(loss) > 0
     # d/dc sum (c - sg(l))^2 = 2 (c - l): nothing flows back through the leader; the log-precisions get none.
-    assert max_diff(grads[:n], [2 * (c - l) for c, l in zip(chaser[:n], lead[:n])]) < 1e-12
+    assert max_diff(grads[:n], [2 * (c - d) for c, d in zip(chaser[:n], lead[:n])]) < 1e-12
     assert all(float(tf.reduce_max(tf.abs(g))) == 0 for g in grads[n:])
 
 

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from maml_tf.core import objective, params as P
 from maml_tf.core.hvp import hvp
-from maml_tf.core.inner import adam, learned_sgd, sgd, with_weight_decay
+from maml_tf.core.inner import adam, learned_sgd, sgd
 from maml_tf.core.outer import outer_update
+from maml_tf.core.transforms import apply_updates, chain, clip_by_value, weight_decay
 from tests.conftest import ROOT
 
 
@@ -27,23 +28,29 @@ def test_parameter_arithmetic():
     np.testing.assert_array_equal(P.scale(-1.0, P.sub(a, b))[0], [4.0, -4.0])
 
 
+def step(opt, g, state, w, k):
+    """One step of an inner optimiser: `(new weights, state)`."""
+    updates, state = opt.update(g, state, w, step=k)
+    return apply_updates(w, updates), state
+
+
 def test_inner_optimisers_against_hand_computed_updates():
     w, g = [c(1.0, -1.0)], [c(0.5, 2.0)]
-    np.testing.assert_allclose(sgd(0.1).update(g, (), w, 0)[0][0], [0.95, -1.2])
+    np.testing.assert_allclose(step(sgd(0.1), g, (), w, 0)[0][0], [0.95, -1.2])
     # Meta-SGD: one step size per parameter; MAML++: per layer and step (the step indexes them).
-    np.testing.assert_allclose(learned_sgd([c(0.1, 0.2)]).update(g, (), w, 0)[0][0], [0.95, -1.4])
+    np.testing.assert_allclose(step(learned_sgd([c(0.1, 0.2)]), g, (), w, 0)[0][0], [0.95, -1.4])
     per_step = learned_sgd([c(0.1, 0.3)], per_step=True)
-    np.testing.assert_allclose(per_step.update(g, (), w, 1)[0][0], [0.85, -1.6])
+    np.testing.assert_allclose(step(per_step, g, (), w, 1)[0][0], [0.85, -1.6])
     # TF1 Adam, beta1 = 0, two steps: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), m = g, v = b2 v + (1 - b2) g^2.
     opt = adam(0.1, beta1=0.0, beta2=0.9, epsilon=0.0)
     state = opt.init(w)
-    w1, state = opt.update(g, state, w, 0)
-    w2, state = opt.update(g, state, w1, 1)
+    w1, state = step(opt, g, state, w, 0)
+    w2, state = step(opt, g, state, w1, 1)
     v1, v2 = 0.1 * 0.25, 0.9 * 0.1 * 0.25 + 0.1 * 0.25
     want = 1.0 - 0.1 * np.sqrt(0.1) * 0.5 / np.sqrt(v1) - 0.1 * np.sqrt(1 - 0.81) * 0.5 / np.sqrt(v2)
     np.testing.assert_allclose(w2[0][0], want, rtol=1e-12)
     assert int(state[2]) == 2
-    np.testing.assert_allclose(with_weight_decay(sgd(0.1), 0.5).prepare(w)[0], [0.5, -0.5])
+    np.testing.assert_allclose(chain(weight_decay(0.5), sgd(0.1)).prepare(w)[0], [0.5, -0.5])
 
 
 def test_objective_weights():
@@ -73,7 +80,7 @@ def test_hvp_of_a_quadratic_is_the_matrix_product():
 
 def test_outer_update_clips_then_applies():
     v = tf.Variable([1.0, 1.0], dtype=tf.float64)
-    outer_update([c(-30.0, 0.5)], [v], lambda grads, variables: variables[0].assign_sub(grads[0]), clip_value=10.0)
+    outer_update([c(30.0, -0.5)], [v], None, transform=clip_by_value(10.0))  # None: the output is the update.
     np.testing.assert_array_equal(v.numpy(), [11.0, 0.5])
 
 

@@ -287,7 +287,7 @@ def test_main_two_workers_then_resumed(tmp_path):
                                       {"cluster": cluster, "task": {"type": "worker", "index": i}})})
                  for i in range(2)]
         outs = [p.communicate(timeout=300) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err[-3000:]
         assert f"Saved {folder}/model-{iterations - 1}" in outs[0][0]
         assert f"Saved {folder}/.worker1/model-{iterations - 1}" in outs[1][0]

@@ -17,6 +17,7 @@ from maml_tf.core import objective
 from maml_tf.core.outer import CosineAnnealing, cosine_annealing
 from maml_tf.functional import functional_call
 from maml_tf.networks import PerStepBatchNorm, PerStepNetwork, collect_moments
+from maml_tf.training.progress import Progress
 from tests.conftest import shared_path
 from tests.test_meta_sgd_anil import batch64, fc64
 
@@ -266,7 +267,7 @@ def test_cli_resume_continues_every_schedule_exactly(tmp_path, monkeypatch):
                  metatrain_iterations=8, epoch_iterations=2, val_tasks=4, progress=False, log=False,
                  mamlpp_multi_step_loss_num_epochs=2, mamlpp_first_order_to_second_order_epoch=1)
     train.run(Config(**flags, logdir=str(tmp_path / "a")))
-    update = train._Progress.update
+    update = Progress.update
 
     def interrupt_after_iteration_4(progress, itr):
         update(progress, itr)
@@ -274,7 +275,7 @@ def test_cli_resume_continues_every_schedule_exactly(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train._Progress, "update", interrupt_after_iteration_4)
+        patch.setattr(Progress, "update", interrupt_after_iteration_4)
         with pytest.raises(KeyboardInterrupt):
             train.run(Config(**flags, logdir=str(tmp_path / "b")))
     train.run(Config(**flags, logdir=str(tmp_path / "b")))

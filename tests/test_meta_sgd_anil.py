@@ -51,7 +51,7 @@ def test_meta_sgd_step_size_gradient_is_the_closed_form(batch_tasks):
         def grad_at(weights, x, y):
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                loss = losses.mse(model_out(weights, x), y)
+                loss = losses.mse(model_out(weights, x), y)  # noqa: B023 (called within the iteration)
             return tape.gradient(loss, weights)
 
         model_out = lambda w, x: algo.forward(w, x)  # noqa: E731

@@ -45,11 +45,11 @@ def test_initialisers():
 
 def test_shapes_and_strides():
     conv = networks.build_network(Config(datasource="omniglot"))
-    shapes = [tuple(l.output.shape[1:]) for l in conv.layers if l.name.startswith("conv")]
+    shapes = [tuple(layer.output.shape[1:]) for layer in conv.layers if layer.name.startswith("conv")]
     assert shapes == [(14, 14, 64), (7, 7, 64), (4, 4, 64), (2, 2, 64)]
     mini = networks.build_network(Config(datasource="miniimagenet", num_filters=32, max_pool=True))
     assert mini.output.shape[-1] == 5
-    pools = [tuple(l.output.shape[1:3]) for l in mini.layers if "pool" in l.name]
+    pools = [tuple(layer.output.shape[1:3]) for layer in mini.layers if "pool" in layer.name]
     assert pools == [(42, 42), (21, 21), (10, 10), (5, 5)]
 
 

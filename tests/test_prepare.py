@@ -190,7 +190,7 @@ def write_miniimagenet_source(root: Path, per_split=None, grey_first=True) -> Pa
                 if len(labels) == num_classes:
                     continue
                 labels.append(label)
-            if sum(1 for _, l in chosen if l == label) < per_class:
+            if sum(1 for _, c in chosen if c == label) < per_class:
                 chosen.append((name, label))
         with open(root / f"{split}.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -212,7 +212,7 @@ def test_prepare_miniimagenet_layout_and_size(tmp_path):
     for split in ("train", "val", "test"):
         rows = prepare.read_miniimagenet_csv(source / f"{split}.csv")
         files = sorted((out / split).glob("*/*"))
-        assert sorted(f.relative_to(out / split).as_posix() for f in files) == sorted(f"{l}/{n}" for n, l in rows)
+        assert sorted(f.relative_to(out / split).as_posix() for f in files) == sorted(f"{c}/{n}" for n, c in rows)
         for f in files:
             with Image.open(f) as image:
                 assert image.format == "JPEG" and image.mode == "RGB" and image.size == (84, 84)

@@ -106,7 +106,7 @@ def test_epsilon_schedule_is_linear_and_follows_the_iteration():
     algo = make(small_net(), total_iterations=4, meta_step=1.0, meta_step_final=0.0)
     np.testing.assert_allclose([float(algo.meta_step_size(i)) for i in range(5)], [1.0, 0.75, 0.5, 0.25, 0.0])
     batch = random_batch(np.random.RandomState(3), 1, 6, 3)
-    for i in range(2):
+    for _ in range(2):
         algo.train_step(batch)
     assert int(algo.iterations.numpy()) == 2
 

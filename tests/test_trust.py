@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from maml_tf import train
+from maml_tf.training.progress import Progress
 from maml_tf.config import Config, ConfigError
 from maml_tf.data.errors import DataError
 from tests.conftest import ROOT
@@ -154,10 +155,9 @@ def test_test_summary_prints_a_labelled_table_beside_the_papers_numbers(tmp_path
     assert row.startswith(f"| 10 | {result['means'][10]:.4g} |") and row.endswith("| 0.35 |")
 
 
-def test_progress_reports_the_recent_rate_off_a_terminal(monkeypatch, capsys):
+def test_progress_reports_the_recent_rate_off_a_terminal(capsys):
     clock = [1000.0]
-    monkeypatch.setattr(train.time, "time", lambda: clock[0])
-    progress = train._Progress(total=10000, enabled=True, first_s=20, every_s=60, window_s=60)
+    progress = Progress(total=10000, enabled=True, first_s=20, every_s=60, window_s=60, clock=lambda: clock[0])
     progress.terminal, progress.lines = False, True  # As under nohup.
     clock[0] += 30  # Start-up (tracing): no iteration yet.
     for itr in range(5000, 5100):  # Then 10 iterations per second.

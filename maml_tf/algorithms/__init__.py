@@ -15,6 +15,7 @@ import importlib
 from typing import Dict, NamedTuple, Tuple
 
 from maml_tf.algorithms import options as _options
+from maml_tf.types import TaskBatch
 
 
 class AlgorithmEntry(NamedTuple):
@@ -47,6 +48,9 @@ ALGORITHMS: Dict[str, AlgorithmEntry] = {
 }
 
 
+DEFAULT = "maml"  # The original code's algorithm: `main.py`'s and the library's default.
+
+
 def canonical(name: str) -> str:
     """The registry name of `name` or of one of its aliases; raises `ValueError` for an unknown one."""
     for key, entry in ALGORITHMS.items():
@@ -65,7 +69,6 @@ def __getattr__(name):  # `from maml_tf.algorithms import MAML, TaskBatch, MetaL
         if entry.target.endswith(":" + name):  # A registered class, by its class name.
             return entry.load()
     if name == "TaskBatch":
-        from maml_tf.types import TaskBatch
         return TaskBatch
     if name in ("MetaLearner", "tf1_adam"):
         module = "base" if name == "MetaLearner" else "maml"

@@ -18,9 +18,11 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.core.distribute import assign, gather_tasks
-from maml_tf.core.execution import Execution
-from maml_tf.core.outer import DynamicLossScale, clip_by_norm, clip_by_value, outer_update
+from maml_tf.replicas import assign, gather_tasks
+from maml_tf.core.execution import Execution, TaskView
+from maml_tf.core.outer import DynamicLossScale, meta_gradient_chain, outer_update
+from maml_tf.core.transforms import Transform, clip_norms, clip_values
+from maml_tf import losses, networks
 from maml_tf.functional import ParameterSplit, current_non_trainable, functional_call, is_seed_state, training_kwargs
 from maml_tf.types import TaskBatch
 
@@ -67,6 +69,12 @@ class MetaLearner:
     clip_value: Optional[float] = None
     clip_norm: Optional[float] = None  # See `clip_groups`.
     library_defaults: dict = {}  # Keyword defaults of `maml_tf.meta_learner` / `MetaModel` (not of main.py).
+    task_view_class = TaskView  # The kind of task it learns from: its view defines the losses on a task's data.
+    # What `main.py --train=False` runs after the original's test, by name (`maml_tf.training.evaluation.EVALUATORS`):
+    # one adapted function (`adapt`) drawn on the sinusoid.
+    evaluators: tuple = ("adapted_function",)
+    summaries: dict = {}  # Results of its own written to TensorBoard: result key -> tag.
+    not_distributable: Optional[str] = None  # Why its meta-batches cannot be split across replicas, if they cannot.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, metric_fn: Optional[Callable], adapt,
                  training: bool, second_order: bool, execution: Optional[Execution] = None):
@@ -102,8 +110,6 @@ class MetaLearner:
     @classmethod
     def build_model(cls, config) -> keras.Model:
         """The network `main.py` meta-trains for `config` (the original's; MAML++: the authors')."""
-        from maml_tf import networks
-
         return networks.build_network(config)
 
     # ------------------------------------------------------ meta-parameters
@@ -161,17 +167,22 @@ class MetaLearner:
         `clip_norm`: one group (MMAML: the network's, then the encoder's)."""
         return [len(self.meta_variables)]
 
-    def outer_step(self, grads: Sequence, optimizer) -> dict:
-        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): the all-reduce over replicas
-        (if distributed), clipping to the norm `clip_norm` and elementwise with `clip_value`, the loss-scale guard,
-        then `optimizer` (a Keras optimiser or `apply(grads, variables)`)."""
-        return outer_update(grads, self.meta_variables, optimizer, clip_value=self.clip_value,
-                            clip_norm=self.clip_norm, clip_groups=self.clip_groups(), loss_scale=self.loss_scale)
+    def outer_transform(self) -> Transform:
+        """The chain of links the meta-gradient goes through before the optimiser
+        (`maml_tf.core.outer.meta_gradient_chain`): the all-reduce over replicas (if distributed), clipping to the
+        norm `clip_norm` per `clip_groups` and elementwise to `clip_value`."""
+        return meta_gradient_chain(clip_value=self.clip_value, clip_norm=self.clip_norm, clip_groups=self.clip_groups())
+
+    def outer_step(self, grads: Sequence, optimizer, **extra) -> dict:
+        """The outer update of `meta_variables` (`maml_tf.core.outer.outer_update`): `outer_transform`, the loss-scale
+        guard, then `optimizer` (a Keras optimiser, or None to add the chain's output as an update)."""
+        return outer_update(grads, self.meta_variables, optimizer, transform=self.outer_transform(),
+                            loss_scale=self.loss_scale, **extra)
 
     def clip(self, grads: Sequence) -> list:
         """The meta-gradient as `outer_step` applies it: clipped to the norm `clip_norm` and elementwise to
         `clip_value` (each if set)."""
-        return clip_by_value(clip_by_norm(grads, self.clip_norm, self.clip_groups()), self.clip_value)
+        return clip_values(clip_norms(grads, self.clip_norm, self.clip_groups()), self.clip_value)
 
     # ------------------------------------------------------------ execution
     @property
@@ -219,8 +230,6 @@ class MetaLearner:
     def task_losses(cls, config):
         """The original losses for `config`: `(loss_fn, metric_fn)` (scaled cross-entropy and accuracy for
         classification, MSE for regression)."""
-        from maml_tf import losses
-
         if config.classification:
             return losses.scaled_xent(config.update_batch_size), losses.accuracy
         return losses.mse, None
@@ -267,22 +276,6 @@ def check_labels(outputs, labels) -> None:
     if out.rank is not None and out.rank == lab.rank and not out.is_compatible_with(lab):
         raise ValueError(f"Labels of shape {lab.as_list()} do not match the model's outputs {out.as_list()}: the loss "
                          f"would broadcast them. Give labels shaped like the outputs (last axis {out[-1]}).")
-
-
-def check_task_batch(batch: TaskBatch) -> TaskBatch:
-    """Raises `ValueError` unless every field of `batch` has the same number of tasks (leading axis) and each
-    set has as many labels as inputs."""
-    batch = TaskBatch(*batch)
-    leading = [tf.TensorShape(tf.nest.flatten(t)[0].shape)[:2] for t in batch]
-    tasks = {name: shape[0] for name, shape in zip(TaskBatch._fields, leading) if shape.rank and shape[0] is not None}
-    if len(set(tasks.values())) > 1:
-        raise ValueError(f"Every field of a task batch needs the same number of tasks (leading axis); got "
-                         f"{', '.join(f'{k}: {v}' for k, v in tasks.items())}.")
-    for x, y, name in ((0, 1, "support"), (2, 3, "query")):
-        nx, ny = leading[x][1] if leading[x].rank > 1 else None, leading[y][1] if leading[y].rank > 1 else None
-        if nx is not None and ny is not None and nx != ny:
-            raise ValueError(f"The {name} set has {nx} inputs but {ny} labels per task.")
-    return batch
 
 
 def check_model(model: keras.Model, second_order: bool) -> None:

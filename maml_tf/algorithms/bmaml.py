@@ -55,6 +55,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf import networks
 from maml_tf.algorithms.maml import MAML, tf1_adam
 from maml_tf.core import params as P
 from maml_tf.core.execution import TaskView
@@ -80,6 +81,8 @@ class EMAML(MAML):
 
     name = "emaml"
     library_defaults = {"return_outputs": False}
+    task_batched = False  # Tasks one by one; each task's particles run at once.
+    evaluators = ("predictive",)  # It adapts a set of functions, not one (`adapt_particles`).
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, num_particles: int = 10,
                  lr_decay_iterations: Optional[int] = None, seed: Optional[int] = None, **maml_options):
@@ -89,7 +92,6 @@ class EMAML(MAML):
         if lr_decay_iterations and maml_options.get("optimizer") is None:
             maml_options["optimizer"] = tf1_adam(keras.optimizers.schedules.ExponentialDecay(
                 maml_options.get("meta_lr", 1e-3), decay_steps=max(lr_decay_iterations / 100, 1e-9), decay_rate=0.98))
-        maml_options["batch_tasks"] = False  # Tasks one by one; each task's particles run at once.
         super().__init__(model, loss_fn, **maml_options)
 
     @classmethod
@@ -111,7 +113,8 @@ class EMAML(MAML):
         for i, var in enumerate(self.model.trainable_variables):
             init = initializers.get(id(var))
             if init is None:
-                warnings.warn(f"No initializer found for {var.path}: particles 2..M start from its current value.")
+                warnings.warn(f"No initializer found for {var.path}: particles 2..M start from its current value.",
+                              stacklevel=2)
                 value = tf.repeat(tf.convert_to_tensor(var)[None], self.num_particles - 1, axis=0)
             else:
                 value = tf.stack([_reseeded(init, (self.seed or 0) * 7919 + 1000 * i + p)(var.shape, var.dtype)
@@ -304,8 +307,6 @@ def bayesian_network(config) -> keras.Model:
     """The original fc network (or conv net) with the BMAML authors' initialisers for a regression network:
     Glorot-normal kernels and N(0, 0.01) biases, so that particles start apart (the Bayesian algorithms compared
     on regression share it)."""
-    from maml_tf import networks
-
     if config.classification:
         return networks.build_network(config)
     return networks.build_fc(config.datasource_spec.input_shape, 1, config.datasource_spec.fc_hidden, config.norm,

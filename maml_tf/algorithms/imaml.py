@@ -37,11 +37,13 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf import losses
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
 from maml_tf.core import params as P
 from maml_tf.core.execution import MapFn, TaskView
 from maml_tf.core.hvp import conjugate_gradient, hvp
-from maml_tf.core.inner import inner_while_loop, sgd, with_proximal_term
+from maml_tf.core.inner import inner_while_loop, sgd
+from maml_tf.core.transforms import add_proximal_term, chain
 
 SOLVERS = ("gd", "hessian_free")
 
@@ -98,8 +100,6 @@ class IMAML(MetaLearner):
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "IMAML":
         """The algorithm `main.py` runs for `--algorithm=imaml`."""
-        from maml_tf import losses
-
         o = config.options
         loss_fn, metric_fn = (losses.mean_xent, losses.accuracy) if config.classification else (losses.mse, None)
         return cls(model, loss_fn, lam=o.lam, solver=o.solver, n_steps=o.n_steps, inner_lr=o.inner_lr,
@@ -139,7 +139,7 @@ class IMAML(MetaLearner):
         theta = [tf.stop_gradient(t) for t in theta]
         theta_a = self.split.adapted(theta)
         if self.solver == "gd":  # Gradient descent on G: SGD on the support loss plus the proximal term.
-            optimizer = with_proximal_term(sgd(self.inner_lr), self.lam, theta_a)
+            optimizer = chain(add_proximal_term(self.lam, theta_a), sgd(self.inner_lr))
             phi, _, _ = inner_while_loop(TaskView(self), theta, optimizer, lambda i: (x, y), n_steps)
             return P.stop_gradient(phi)
         # Newton-CG on G (solver 'hessian_free').

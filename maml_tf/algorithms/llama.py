@@ -76,6 +76,9 @@ class LLAMA(MAML):
     """
 
     name = "llama"
+    task_batched = False  # The curvature is taken per task, in the plain layout.
+    has_objective_term = True
+    summaries = {"total_objective_term": "Objective term"}  # eta/2 log det H, added to the query loss.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, eta: float = 1e-3, tau: Optional[float] = None,
                  num_samples: int = 10, likelihood: str = "gaussian", predict_tau: Optional[float] = None,
@@ -90,7 +93,6 @@ class LLAMA(MAML):
         self.eta, self.tau, self.num_samples, self.likelihood = float(eta), float(tau), int(num_samples), likelihood
         self.predict_tau = self.tau if predict_tau is None else float(predict_tau)
         self.rng = tf.random.Generator.from_seed(seed or 0)
-        maml_options["batch_tasks"] = False  # The curvature is taken per task, in the plain layout.
         super().__init__(model, loss_fn, **maml_options)
         self.curvature = KFAC(model, self.split, likelihood)
 

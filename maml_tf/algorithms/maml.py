@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.algorithms.base import MetaLearner, TaskBatch, check_task_batch, refresh_statistics
+from maml_tf.algorithms.base import MetaLearner, TaskBatch, refresh_statistics
 from maml_tf.core import objective
 from maml_tf.core.execution import Execution, TaskView
 from maml_tf.core.inner import (InnerOptimizer, Trajectory, inner_loop, inner_step, recomputed_gradient, sgd,
@@ -80,6 +80,9 @@ class MAML(MetaLearner):
 
     name = "maml"
     compiled_steps = ("train_step", "pretrain_step", "evaluate", "predictive")
+    task_batched = True  # Whether its tasks may run at once in task layout (else always with tf.map_fn).
+    evaluators = ("adapted_function", "predictive")  # `predictive`: its point estimate as a distribution of one.
+    has_objective_term = False  # Whether `objective_term` adds to the meta-objective (LLAMA).
     library_defaults = {"return_outputs": False}  # Any output structure; the library does not need the outputs.
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float, num_inner_steps: int,
@@ -98,6 +101,8 @@ class MAML(MetaLearner):
             if self.loss_scale is not None:
                 raise ValueError("recompute_inner_steps does not support float16 layers (loss scaling).")
             batch_tasks = False  # Each task's gradient is taken inside tf.map_fn, step by step.
+        if not self.task_batched:
+            batch_tasks = False
         self.execution = Execution(model, batch_tasks, task_groups, batched_conv_max_support)
         self.inner_lr = float(inner_lr)
         self.num_inner_steps = int(num_inner_steps)
@@ -126,12 +131,12 @@ class MAML(MetaLearner):
         """The meta-objective's weights over the inner steps (MAML: the last step only)."""
         return objective.last_step(self.num_inner_steps)
 
-    def objective_term(self, view: TaskView, trajectory, tasks: TaskBatch, own: Sequence):
-        """A per-task term added to the meta-objective, from the inner loop's `trajectory` (LLAMA: eta/2 times
-        the log-determinant of the curvature at the adapted weights); MAML: none."""
-        return None
+    def objective_term(self, view: TaskView, trajectory, tasks, own: Sequence):
+        """A per-task term added to the meta-objective, from the inner loop's `trajectory`, where
+        `has_objective_term` (LLAMA: eta/2 times the log-determinant of the curvature at the adapted weights)."""
+        raise NotImplementedError
 
-    def task_view(self, view: TaskView, support_x, support_y, own: Sequence) -> TaskView:
+    def task_view(self, view: TaskView, support, own: Sequence) -> TaskView:
         """The view a task is adapted and evaluated through (MMAML: conditioned on the task's modulations, which
         its encoder computes from the support set); MAML: `view`."""
         return view
@@ -174,10 +179,11 @@ class MAML(MetaLearner):
         to `params` by recomputing the inner steps (`recompute_inner_steps`).
         """
         weights, own = self.unpack(params)
-        base_view, view = view, self.task_view(view, tasks.support_x, tasks.support_y, own)
-        trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own),
-                                (tasks.support_x, tasks.support_y), num_steps, query=(tasks.query_x, tasks.query_y),
-                                query_steps=query_steps, first_order=self.first_order, keep_weights=own_gradient)
+        support, query = view.support(tasks), view.query(tasks)
+        base_view, view = view, self.task_view(view, support, own)
+        trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own), support, num_steps,
+                                query=query, query_steps=query_steps, first_order=self.first_order,
+                                keep_weights=own_gradient)
         axis = 1 if view.batched else 0  # The step axis follows the task axis.
         out = {"support_outputs": trajectory.support_outputs, "support_loss": trajectory.support_loss,
                "query_outputs": stack_steps(trajectory.query_outputs, axis),
@@ -185,21 +191,19 @@ class MAML(MetaLearner):
         weights_over_steps = self.objective_weights()
         if set(objective.steps_needed(weights_over_steps)) <= set(trajectory.query_losses):  # Not in short evaluations.
             out["objective"] = objective.combine(trajectory.query_losses, weights_over_steps)
-            term = self.objective_term(view, trajectory, tasks, own)
-            if term is not None:
+            if self.has_objective_term:
+                term = self.objective_term(view, trajectory, tasks, own)
                 out["objective"] += term
                 out["objective_term"] = term
             if own_gradient:
-                out["grads"] = self.recomputed_meta_gradient(base_view, params, tasks, trajectory.history,
-                                                            term is not None)
+                out["grads"] = self.recomputed_meta_gradient(base_view, params, tasks, trajectory.history)
         if self.metric_fn is not None:
-            out["support_metric"] = view.metric(trajectory.support_outputs, tasks.support_y)
-            out["query_metrics"] = stack_steps({k: view.metric(o, tasks.query_y)
+            out["support_metric"] = view.metric(trajectory.support_outputs, support)
+            out["query_metrics"] = stack_steps({k: view.metric(o, query)
                                                 for k, o in trajectory.query_outputs.items()}, axis)
         return out
 
-    def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks: TaskBatch, history: Sequence,
-                                 has_term: bool) -> list:
+    def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks, history: Sequence) -> list:
         """`task_forward`'s objective differentiated with respect to `params` by recomputing the inner steps of
         `history` one at a time in the backward pass (`maml_tf.core.inner.recomputed_gradient`). Everything a
         step depends on (the task's view, the inner optimiser, the algorithm's own meta-parameters) is rebuilt
@@ -207,18 +211,19 @@ class MAML(MetaLearner):
         algorithms that allow it are stateless (SGD with fixed or learned step sizes)."""
         weights_over_steps = self.objective_weights()
         needed = objective.steps_needed(weights_over_steps)
+        has_term = self.has_objective_term
         last = max(needed + [self.objective_step] * has_term)
-        support, query = (tasks.support_x, tasks.support_y), (tasks.query_x, tasks.query_y)
+        support, query = view.support(tasks), view.query(tasks)
 
         def step_fn(k, w, p):
             own = self.unpack(p)[1]
-            view_k = self.task_view(view, *support, own)
-            new = inner_step(view_k, w, self.inner_optimizer(view_k, own), (), *support, k,
+            view_k = self.task_view(view, support, own)
+            optimizer = self.inner_optimizer(view_k, own)
+            new = inner_step(view_k, w, optimizer, optimizer.init(view_k.split.adapted(w)), support, k,
                              first_order=self.first_order)[2]
             terms = []
             if k in needed:
-                outputs = view_k.forward(new, query[0], step=k, differentiated_once=True)
-                terms.append(tf.cast(weights_over_steps[k], self.dtype) * view_k.loss(outputs, query[1]))
+                terms.append(tf.cast(weights_over_steps[k], self.dtype) * view_k.query_loss(new, query, k)[1])
             if has_term and k == self.objective_step:
                 reached = Trajectory(new, (), None, None, {}, {}, {k: new})
                 terms.append(self.objective_term(view_k, reached, tasks, own))
@@ -236,9 +241,10 @@ class MAML(MetaLearner):
         """`(view, fast weights)`: `adapt`, and the task's view to run the adapted model through (`task_view`)."""
         weights = self.weights() if weights is None else list(weights)
         _, own = self.unpack(self.params())
-        view = self.task_view(TaskView(self), support_x, support_y, own)
+        support = (support_x, support_y)
+        view = self.task_view(self.task_view_class(self), support, own)
         steps = self.num_inner_steps if steps is None else steps
-        return view, inner_loop(view, weights, self.inner_optimizer(view, own), (support_x, support_y), steps).weights
+        return view, inner_loop(view, weights, self.inner_optimizer(view, own), support, steps).weights
 
     def _predictive(self, support_x, support_y, x, steps: Optional[int] = None, num_samples: Optional[int] = None):
         """`(outputs [S, N, ...], noise_std)`: the predictive samples on `x` after adapting to one task's support
@@ -268,7 +274,7 @@ class MAML(MetaLearner):
         per-step `total_losses2`. An algorithm with an `objective_term`
         (LLAMA) also returns it per task and its mean, `total_objective_term`.
         """
-        batch = check_task_batch(batch)
+        batch = self.task_view_class.check(batch)
         lean = num_steps is None
         num_steps = self.num_inner_steps if lean else num_steps
         needed = objective.steps_needed(self.objective_weights())
@@ -278,7 +284,7 @@ class MAML(MetaLearner):
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
         keys += list(self.extra_task_outputs())
         # The algorithm's own objective term (LLAMA's), where the objective's steps run.
-        term = type(self).objective_term is not MAML.objective_term and set(needed) <= set(query_steps)
+        term = self.has_objective_term and set(needed) <= set(query_steps)
         keys += ["objective_term"] if term else []
         backend = self.execution.backend(batch)
         own_gradient = with_gradients and self.recompute_inner_steps  # The task function differentiates itself.

@@ -59,9 +59,10 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf import losses, networks
 from maml_tf.algorithms.maml import MAML, tf1_adam
 from maml_tf.core import objective
-from maml_tf.core.distribute import assign, gather_tasks
+from maml_tf.replicas import assign, gather_tasks
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, learned_sgd
 from maml_tf.core.outer import CosineAnnealing
@@ -124,8 +125,6 @@ class MAMLPlusPlus(MAML):
     def build_model(cls, config) -> keras.Model:
         """The authors' network for `config` (`networks.PerStepNetwork`): 4 conv stages of 64 filters
         (MiniImagenet: 48) with max-pooling, or the original fc net's widths for regression."""
-        from maml_tf import networks
-
         o, spec = config.options, config.datasource_spec
         conv = config.classification and config.conv
         filters = o.filters or (48 if config.datasource == "miniimagenet" else 64)
@@ -137,8 +136,6 @@ class MAMLPlusPlus(MAML):
     @classmethod
     def task_losses(cls, config):
         """The authors' mean cross-entropy (MAML's is summed over the query set and divided by K)."""
-        from maml_tf import losses
-
         if config.classification:
             return losses.mean_xent, losses.accuracy
         return losses.mse, None

@@ -54,11 +54,12 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf import networks
 from maml_tf.algorithms.base import cast_floats
 from maml_tf.algorithms.maml import MAML
 from maml_tf.batched import chain_layers
 from maml_tf.core.execution import TaskView
-from maml_tf.core.inner import InnerOptimizer, sgd, with_gradient_clipping
+from maml_tf.core.inner import InnerOptimizer, clipped_sgd
 from maml_tf.functional import current_non_trainable, takes_argument
 from maml_tf.networks import BatchNormTF1
 
@@ -258,6 +259,8 @@ class MMAML(MAML):
     """
 
     name = "mmaml"
+    task_batched = False  # Each task's network is modulated by its own condition.
+    evaluators = MAML.evaluators + ("embeddings",)  # Its task encoder's view of the test tasks.
     compiled_steps = MAML.compiled_steps + ("task_embedding",)
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, encoder: Optional[keras.Model] = None,
@@ -269,15 +272,12 @@ class MMAML(MAML):
         if not self.encoder.built or not self.encoder.trainable_variables:
             raise ValueError("The encoder must be a built Keras model with trainable weights (call it once).")
         self.inner_grad_clip = inner_grad_clip
-        maml_options["batch_tasks"] = False  # Each task's network is modulated by its own condition.
         super().__init__(model, loss_fn, clip_norm=clip_norm, **maml_options)
 
     @classmethod
     def build_model(cls, config) -> keras.Model:
         """The original network modulated (`Modulated`); on regression the authors' initialisation (N(0, 0.01)
         kernels, zero biases)."""
-        from maml_tf import networks
-
         if config.classification:
             network = networks.build_network(config)
         else:
@@ -306,7 +306,7 @@ class MMAML(MAML):
         assert mine == [id(v) for v in self.encoder.trainable_variables], "own meta-parameters = the encoder's"
 
     def inner_optimizer(self, view: TaskView, own: Sequence) -> InnerOptimizer:
-        return with_gradient_clipping(sgd(self.inner_lr), self.inner_grad_clip)
+        return clipped_sgd(self.inner_lr, self.inner_grad_clip)
 
     def encode(self, own: Sequence, support_x, support_y):
         """`(embedding, modulations)` of one task from the encoder with weights `own`."""
@@ -314,9 +314,9 @@ class MMAML(MAML):
                                                  (support_x, support_y))
         return cast_floats(outputs, self.dtype)
 
-    def task_view(self, view: TaskView, support_x, support_y, own: Sequence) -> TaskView:
+    def task_view(self, view: TaskView, support, own: Sequence) -> TaskView:
         """The network modulated by the task's encoding of its support set."""
-        return view.with_condition(self.encode(own, support_x, support_y)[1])
+        return view.with_condition(self.encode(own, *support)[1])
 
     def _task_embedding(self, support_x, support_y) -> tf.Tensor:
         """`task_embedding`: the encoder's embedding of one task's support set (what its heads read)."""

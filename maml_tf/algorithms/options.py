@@ -9,7 +9,7 @@ validated before TensorFlow starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 from maml_tf.options import AlgorithmOptions, ConfigError, at_least, check_choices, option
 
@@ -20,10 +20,23 @@ class MAMLOptions(AlgorithmOptions):
 
     pretraining: ClassVar[bool] = True
     recomputes: ClassVar[bool] = True
+    original: ClassVar[bool] = True
+
+    def paper_results(self, config) -> Optional[Dict[int, float]]:
+        """Finn et al. 2017's sinusoid 5-shot MSE after 1, 5 and 10 steps (the main job's comparison)."""
+        if config.datasource == "sinusoid" and config.update_batch_size == 5 and not config.baseline:
+            return {1: 0.67, 5: 0.38, 10: 0.35}
+        return None
 
 
 @dataclasses.dataclass
 class ReptileOptions(AlgorithmOptions):
+    unused_shared_flags: ClassVar[Dict[str, str]] = {
+        "update_lr": "its inner step size is --reptile_learning_rate",
+        "num_updates": "its inner steps are --reptile_inner_iters (training) and --reptile_eval_iters (evaluation)",
+        "meta_lr": "its outer step size is --reptile_meta_step (to --reptile_meta_step_final)",
+        "stop_grad": "it is first order; the authors' first-order MAML is --reptile_foml",
+        "clip_norm": "--clip_norm applies to MAML and its variants, not to --algorithm=reptile"}
     not_distributable = ("its tasks run one after another, each from the inner Adam state the previous task left "
                          "(as the authors' code does), and their mini-batches come from one random stream")
     """`openai/supervised-reptile`'s flags and defaults. Shared: --num_classes (--classes), --update_batch_size
@@ -74,6 +87,11 @@ class ReptileOptions(AlgorithmOptions):
 
 @dataclasses.dataclass
 class IMAMLOptions(AlgorithmOptions):
+    unused_shared_flags: ClassVar[Dict[str, str]] = {
+        "update_lr": "its inner step size is --imaml_inner_lr",
+        "num_updates": "its inner steps are --imaml_n_steps",
+        "stop_grad": "its first-order meta-gradient is --imaml_cg_steps=1",
+        "clip_norm": "--clip_norm applies to MAML and its variants, not to --algorithm=imaml"}
     """`aravindr93/imaml_dev`'s flags and defaults. Shared: --meta_lr (--outer_lr), --meta_batch_size
     (--task_mb_size), --metatrain_iterations (--meta_steps), --num_classes, --update_batch_size."""
 
@@ -150,6 +168,8 @@ class MAMLPPOptions(AlgorithmOptions):
 
     fixed_on_resume: ClassVar[Tuple[str, ...]] = ("metatrain_iterations",)  # It sets the annealing's epochs.
     recomputes: ClassVar[bool] = True
+    unused_shared_flags: ClassVar[Dict[str, str]] = {"update_lr": "its initial inner step sizes are "
+                                                                  "--mamlpp_init_inner_lr"}
 
     msl: bool = option(True, "multi-step loss: the query loss after every inner step, weighted as the authors "
                              "(annealed toward the last step).")
@@ -304,6 +324,7 @@ class LLAMAOptions(AlgorithmOptions):
 
 @dataclasses.dataclass
 class MMAMLOptions(AlgorithmOptions):
+    unused_shared_flags: ClassVar[Dict[str, str]] = {"clip_norm": "MMAML's is --mmaml_clip_norm"}
     """MMAML (Vuorio et al. 2019; `vuoristo/MMAML-Regression`). Shared: --num_updates, --update_lr (the authors'
     --num-updates 5, --fast-lr 0.001), --meta_lr (--slow-lr), --meta_batch_size, --stop_grad (--first-order)."""
 

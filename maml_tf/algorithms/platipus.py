@@ -43,6 +43,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.bmaml import EMAML
+from maml_tf.algorithms.options import PLATIPUSOptions
 from maml_tf.core import gaussian
 from maml_tf.core.particles import ParticleView
 
@@ -62,6 +63,7 @@ class PLATIPUS(EMAML):
     """
 
     name = "platipus"
+    not_distributable = PLATIPUSOptions.not_distributable
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, num_samples: int = 10, train_samples: int = 1,
                  kl_weight: float = 1.0, init_log_std: float = -4.0, init_gamma: float = 0.01,

@@ -44,10 +44,15 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf import losses
+from maml_tf.algorithms.options import ReptileOptions
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
 from maml_tf.core import params as P
 from maml_tf.core.execution import TaskView
-from maml_tf.core.inner import InnerOptimizer, adam, inner_step, inner_while_loop, sgd, with_weight_decay
+from maml_tf.core.inner import adam, inner_step, inner_while_loop, sgd
+from maml_tf.core.outer import meta_gradient_chain, outer_update
+from maml_tf.core.transforms import Transform, chain, scale
+from maml_tf.core.transforms import weight_decay as decay_weights
 
 
 class InnerOptimizerState(tf.Module):
@@ -97,6 +102,7 @@ class Reptile(MetaLearner):
     """
 
     name = "reptile"
+    not_distributable = ReptileOptions.not_distributable
     objective_step = 0  # `total_losses2` holds one entry: after the inner loop.
     library_defaults = {"total_iterations": 1}
 
@@ -130,8 +136,6 @@ class Reptile(MetaLearner):
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "Reptile":
         """The algorithm `main.py` runs for `--algorithm=reptile`."""
-        from maml_tf import losses
-
         o = config.options
         loss_fn, metric_fn = (losses.scaled_xent(1), losses.accuracy) if config.classification else (losses.mse, None)
         return cls(model, loss_fn, total_iterations=config.metatrain_iterations, inner_lr=o.learning_rate,
@@ -146,10 +150,11 @@ class Reptile(MetaLearner):
                 "sampler": self.rng}
 
     # --------------------------------------------------------------- pieces
-    def inner_optimizer(self) -> InnerOptimizer:
-        """TF1 Adam with beta1 = 0 (or SGD), with the weight decay."""
+    def inner_optimizer(self) -> Transform:
+        """The weight decay, then TF1 Adam with beta1 = 0 (or SGD); its state `((), (m, v, steps))` (SGD ignores the
+        moments, which `inner_state` keeps for either)."""
         opt = sgd(self.inner_lr) if self.sgd else adam(self.inner_lr, self.beta1, self.beta2, self.epsilon)
-        return with_weight_decay(opt, self.weight_decay)
+        return chain(decay_weights(self.weight_decay), opt)
 
     def meta_step_size(self, iteration) -> tf.Tensor:
         """Epsilon at 0-based meta-iteration `iteration`: linear from `meta_step` to `meta_step_final`."""
@@ -180,8 +185,8 @@ class Reptile(MetaLearner):
         Returns:
           `(new_weights, new_state, loss)`; `state` is `(m, v, steps)`.
         """
-        _, loss, weights, state = inner_step(TaskView(self), weights, self.inner_optimizer(), state, x, y)
-        return weights, state, loss
+        _, loss, weights, state = inner_step(TaskView(self), weights, self.inner_optimizer(), ((), state), (x, y))
+        return weights, state[1], loss
 
     def inner_loop(self, weights: Sequence, state, x, y, indices):
         """Inner steps on the mini-batches `x[indices[i]]`, i = 0, 1, ... (a `tf.while_loop`).
@@ -189,9 +194,10 @@ class Reptile(MetaLearner):
         Returns:
           `(weights, state, first_loss)`: the loss is that of the first mini-batch (before any step).
         """
-        return inner_while_loop(TaskView(self), weights, self.inner_optimizer(),
-                                lambda i: (_gather(x, indices[i]), tf.gather(y, indices[i])), tf.shape(indices)[0],
-                                state=state)
+        batch = lambda i: (_gather(x, indices[i]), tf.gather(y, indices[i]))  # noqa: E731
+        weights, state, first_loss = inner_while_loop(TaskView(self), weights, self.inner_optimizer(), batch,
+                                                      tf.shape(indices)[0], state=((), state))
+        return weights, state[1], first_loss
 
     def predict(self, weights: Sequence, support_x, query_x, transductive: Optional[bool] = None):
         """Query outputs: in one batch (transductive) or each with the support set (non-transductive).
@@ -266,12 +272,9 @@ class Reptile(MetaLearner):
         del num_steps
         grads, results = self.meta_gradients(batch)
         epsilon = self.meta_step_size(self.iterations)
-
-        def step(grads, variables):  # The outer update is an SGD step of size epsilon.
-            for var, g in zip(variables, grads):
-                var.assign_sub(tf.cast(epsilon, g.dtype) * g)
-
-        results.update(self.outer_step(grads, step))
+        # The outer update is an SGD step of size epsilon: the chain's output is added to the weights.
+        step = meta_gradient_chain(links=[scale(-tf.cast(epsilon, grads[0].dtype))])
+        results.update(outer_update(grads, self.meta_variables, None, transform=step, loss_scale=self.loss_scale))
         self.iterations.assign_add(1)
         return results
 

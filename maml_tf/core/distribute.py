@@ -23,13 +23,14 @@ compiled training steps, and `MetaModel.fit` distributes as Keras does.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
 
-from maml_tf.types import TaskBatch
+from maml_tf.replicas import all_reduce_mean, assign, gather_tasks, replica_context  # noqa: F401 (re-exported)
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
@@ -45,59 +46,28 @@ def make_strategy(kind: str, devices: Optional[Sequence[str]] = None) -> Optiona
     raise ValueError(f"distribute must be one of {', '.join(STRATEGIES)}; got {kind!r}.")
 
 
-def replica_context():
-    """The replica context when several replicas run this code in sync, else None."""
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
-
-
-def all_reduce_mean(values: Sequence) -> list:
-    """The mean over replicas of each value (unchanged with one replica or outside `strategy.run`)."""
-    ctx = replica_context()
-    values = list(values)
-    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, values) if ctx is not None and values else values
-
-
-def apply_update(optimizer, grads: Sequence, variables: Sequence) -> None:
-    """`optimizer` applied to `variables` with the (already all-reduced) `grads`, on every replica.
+def apply_update(optimizer, updates: Sequence, variables: Sequence) -> None:
+    """`optimizer` applied to `variables` with the (already all-reduced) gradients `updates`, on every replica; with
+    `optimizer=None`, `updates` are added to the variables.
 
     A Keras optimiser in a replica context sums the gradients of the replicas
-    itself, so it is given `grads / replicas`. A function `apply(grads,
-    variables)` (Reptile's step, which is not distributed) runs on one device only.
+    itself, so it is given `updates / replicas`. Added updates are the same on
+    every replica (computed from all-reduced values), so each replica's copy
+    is assigned alike (`assign`).
     """
     ctx = replica_context()
     if isinstance(optimizer, keras.optimizers.Optimizer):
         if ctx is not None:
-            grads = [g / tf.cast(ctx.num_replicas_in_sync, g.dtype) for g in grads]
-        optimizer.apply(list(grads), list(variables))
-    elif ctx is None:
-        optimizer(list(grads), list(variables))
+            updates = [g / tf.cast(ctx.num_replicas_in_sync, g.dtype) for g in updates]
+        optimizer.apply(list(updates), list(variables))
+    elif optimizer is None:
+        for var, u in zip(variables, updates):
+            if ctx is None:
+                var.assign_add(u)
+            else:
+                assign(var, tf.convert_to_tensor(var) + u)
     else:
-        raise ValueError("an outer update given as a function cannot run on several replicas; give a Keras "
-                         "optimiser.")
-
-
-def assign(variable, value) -> None:
-    """`variable.assign(value)` where every replica computed the same `value` (e.g. from all-gathered data)."""
-    ctx = replica_context()
-    if ctx is None:
-        variable.assign(value)
-    else:
-        def update(strategy, v):
-            strategy.extended.update(_tf_variable(variable), lambda var, x: var.assign(x), args=(v,), group=False)
-
-        ctx.merge_call(update, args=(value,))
-
-
-def _tf_variable(variable):
-    """The `tf.Variable` (a mirrored one under a strategy) behind a Keras variable."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def gather_tasks(x):
-    """`x` (a nest with a leading task axis) with the tasks of every replica, in replica order."""
-    ctx = replica_context()
-    return x if ctx is None else tf.nest.map_structure(lambda t: ctx.all_gather(t, axis=0), x)
+        raise TypeError(f"optimizer must be a Keras optimiser or None (updates added); got {optimizer!r}.")
 
 
 def check_divisible(meta_batch_size: int, replicas: int) -> None:
@@ -106,10 +76,11 @@ def check_divisible(meta_batch_size: int, replicas: int) -> None:
                          f"replicas; use a --meta_batch_size divisible by {replicas}.")
 
 
-def shard(strategy: tf.distribute.Strategy, batch: TaskBatch):
-    """`batch` (the global meta-batch) as per-replica values: replica i gets the i-th equal share of the tasks."""
+def shard(strategy: tf.distribute.Strategy, batch):
+    """`batch` (the global meta-batch, any nest with a leading task axis) as per-replica values: replica i gets the
+    i-th equal share of the tasks."""
     replicas = strategy.num_replicas_in_sync
-    size = TaskBatch(*batch).support_y.shape[0]
+    size = tf.nest.flatten(batch)[0].shape[0]
     check_divisible(size, replicas)
     share = size // replicas
 
@@ -141,11 +112,8 @@ def distribute(algo, strategy: tf.distribute.Strategy, steps: Sequence[str] = ("
     `pretrain_step`) takes the global meta-batch, as before; `evaluate` and the
     others stay on one device.
     """
-    from maml_tf import algorithms
-
-    entry = algorithms.ALGORITHMS.get(getattr(algo, "name", ""))
-    if entry is not None and entry.options.not_distributable:
-        raise ValueError(f"{algo.name} cannot be split across replicas: {entry.options.not_distributable}.")
+    if algo.not_distributable:
+        raise ValueError(f"{algo.name} cannot be split across replicas: {algo.not_distributable}.")
     algo.strategy = strategy
     with strategy.scope():
         for optimizer in ("optimizer", "pretrain_optimizer"):
@@ -167,8 +135,6 @@ def _replicated(strategy, step):
 
 
 def _task() -> tuple:
-    import json
-
     config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     task = config.get("task", {})
     return task.get("type", "chief"), int(task.get("index", 0)), "chief" in config.get("cluster", {})

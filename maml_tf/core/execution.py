@@ -1,9 +1,14 @@
 """How the tasks of a meta-batch are run: an execution choice, kept apart from the maths.
 
-An algorithm writes its per-task computation once, as
-`task_fn(view, params, tasks) -> dict`, against a `TaskView` (the forward
-pass, the loss, the gradient and the layout of weights). A backend runs it
-over a meta-batch:
+A meta-batch is any nested structure of tensors with a leading task axis:
+`TaskBatch(support_x, support_y, query_x, query_y)` for supervised tasks,
+episodes for reinforcement learning. An algorithm writes its per-task
+computation once, as `task_fn(view, params, tasks) -> dict`, against a task
+view: `TaskView` for supervised tasks (the forward pass, the support and
+query losses of an `(x, y)` pair, the gradient and the layout of weights);
+another kind of task brings a view of its own (a subclass that reads its own
+structure), chosen by the learner's `task_view_class`. A backend runs it over
+a meta-batch:
 
 - `MapFn`: one task at a time under `tf.map_fn`, as the original. `tasks`
   is one task (no task axis); each task's meta-gradient is taken inside the
@@ -14,11 +19,12 @@ over a meta-batch:
   has a leading task axis and losses are one per task. Groups are
   independent branches of the graph, which TensorFlow runs in parallel.
 
-Both return per-task results with a leading task axis and, when asked, the
-mean over tasks of the gradient of `task_fn`'s `objective` with respect to
-`params`. `tests/test_execution.py` checks that they agree. Across devices
-and hosts, `maml_tf.core.distribute` gives each `tf.distribute` replica an
-equal share of a meta-batch's tasks, which it runs with one of these.
+Both map any structure and return per-task results with a leading task axis
+and, when asked, the mean over tasks of the gradient of `task_fn`'s
+`objective` with respect to `params`. `tests/test_batched.py` checks that
+they agree. Across devices and hosts, `maml_tf.core.distribute` gives each
+`tf.distribute` replica an equal share of a meta-batch's tasks, which it runs
+with one of these.
 """
 
 from __future__ import annotations
@@ -32,12 +38,44 @@ import tensorflow as tf
 
 from maml_tf.batched import TaskBatchedNetwork, unsupported_reason
 from maml_tf.functional import task_batched_network
-from maml_tf.types import TaskBatch
 from maml_tf.losses import per_task
+from maml_tf.types import TaskBatch
+
+
+def num_tasks(batch) -> int:
+    """The static number of tasks of a meta-batch (its leading axis), or None if it is dynamic."""
+    return tf.nest.flatten(batch)[0].shape[0]
+
+
+def examples_per_task(batch) -> Optional[int]:
+    """The static size of the second axis of a meta-batch's first tensor (a supervised task's support examples)."""
+    first = tf.TensorShape(tf.nest.flatten(batch)[0].shape)
+    return first[1] if first.rank and first.rank > 1 else None
+
+
+def check_task_batch(batch: TaskBatch) -> TaskBatch:
+    """Raises `ValueError` unless every field of `batch` has the same number of tasks (leading axis) and each
+    set has as many labels as inputs."""
+    batch = TaskBatch(*batch)
+    leading = [tf.TensorShape(tf.nest.flatten(t)[0].shape)[:2] for t in batch]
+    tasks = {name: shape[0] for name, shape in zip(TaskBatch._fields, leading) if shape.rank and shape[0] is not None}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"Every field of a task batch needs the same number of tasks (leading axis); got "
+                         f"{', '.join(f'{k}: {v}' for k, v in tasks.items())}.")
+    for x, y, name in ((0, 1, "support"), (2, 3, "query")):
+        nx, ny = leading[x][1] if leading[x].rank > 1 else None, leading[y][1] if leading[y].rank > 1 else None
+        if nx is not None and ny is not None and nx != ny:
+            raise ValueError(f"The {name} set has {nx} inputs but {ny} labels per task.")
+    return batch
 
 
 class TaskView:
-    """One backend's view of the model, for an algorithm's per-task maths.
+    """One backend's view of the model for supervised tasks (`TaskBatch`), for an algorithm's per-task maths.
+
+    A task's data for a loss is an `(x, y)` pair: `support(tasks)` and
+    `query(tasks)` give them; `inner_loss` and `query_loss` are the task loss
+    of the model's outputs on them. Another kind of task subclasses this view
+    and redefines those four (and `check`).
 
     Attributes:
       split: which weights adapt (`ParameterSplit`).
@@ -50,6 +88,21 @@ class TaskView:
     def __init__(self, learner, network: Optional[TaskBatchedNetwork] = None, num_tasks=None):
         self.learner, self.network, self.num_tasks = learner, network, num_tasks
         self.split, self.dtype, self.batched = learner.split, learner.dtype, network is not None
+
+    @staticmethod
+    def check(batch):
+        """`batch` as this kind of task's structure, or `ValueError` saying what is wrong with it."""
+        return check_task_batch(batch)
+
+    @staticmethod
+    def support(tasks):
+        """The support data of `tasks` (one task, or a group in task layout)."""
+        return tasks.support_x, tasks.support_y
+
+    @staticmethod
+    def query(tasks):
+        """The query data of `tasks`."""
+        return tasks.query_x, tasks.query_y
 
     def with_condition(self, condition) -> "TaskView":
         """This view, with every forward pass given `condition` (MMAML's modulations of the task)."""
@@ -69,13 +122,22 @@ class TaskView:
         fn = self.learner.loss_fn
         return per_task(fn if hasattr(fn, "batched") else self.learner.task_loss, outputs, labels)
 
-    def inner_loss(self, weights: Sequence, x, y, step=None):
-        """`(outputs, loss)` of the inner loop's objective at `weights` (the task loss; BMAML's particle views:
-        a negative log posterior)."""
+    def inner_loss(self, weights: Sequence, data, step=None):
+        """`(outputs, loss)` of the inner loop's objective at `weights` on `data` (the task loss; BMAML's particle
+        views: a negative log posterior)."""
+        x, y = data
         outputs = self.forward(weights, x, step=step)
         return outputs, self.loss(outputs, y)
 
-    def metric(self, outputs, labels):
+    def query_loss(self, weights: Sequence, data, step=None):
+        """`(outputs, loss)` on query `data` after inner step `step`: a pass the meta-gradient differentiates once."""
+        x, y = data
+        outputs = self.forward(weights, x, step=step, differentiated_once=True)
+        return outputs, self.loss(outputs, y)
+
+    def metric(self, outputs, data):
+        """The metric of `outputs` on `data`'s labels."""
+        labels = data[1]
         if self.network is None:
             return self.learner.metric_fn(outputs, labels)
         return per_task(self.learner.metric_fn, outputs, labels)
@@ -95,15 +157,14 @@ class TaskView:
 class MapFn:
     """Tasks one at a time with `tf.map_fn` (the original's `map_fn` over `task_metalearn`)."""
 
-    def run(self, learner, task_fn: Callable, params, batch: TaskBatch, keys: Sequence[str],
+    def run(self, learner, task_fn: Callable, params, batch, keys: Sequence[str],
             with_gradients: bool = False) -> Dict[str, object]:
-        view = TaskView(learner)
+        view = learner.task_view_class(learner)
         spec = {k: tf.TensorSpec(None, learner.dtype) for k in keys if k != "grads"}
         if with_gradients or "grads" in keys:  # A task_fn may return its own gradient (iMAML's implicit one).
             spec["grads"] = tf.nest.map_structure(lambda w: tf.TensorSpec(w.shape, w.dtype), params)
 
-        def task(data):
-            tasks = TaskBatch(*data)
+        def task(tasks):
             if not with_gradients:
                 out = task_fn(view, params, tasks)
                 return {k: out[k] for k in keys}
@@ -112,7 +173,7 @@ class MapFn:
                 out = task_fn(view, params, tasks)
             return {**{k: out[k] for k in keys}, "grads": learner.gradient(tape, out["objective"], params)}
 
-        results = tf.map_fn(task, tuple(batch), fn_output_signature=spec, parallel_iterations=32)
+        results = tf.map_fn(task, batch, fn_output_signature=spec, parallel_iterations=32)
         if with_gradients:
             results["grads"] = tf.nest.map_structure(lambda g: tf.reduce_mean(g, 0), results["grads"])
         return results
@@ -124,7 +185,7 @@ class TaskBatched:
     def __init__(self, network: TaskBatchedNetwork, groups: int):
         self.network, self.groups = network, groups
 
-    def run(self, learner, task_fn: Callable, params, batch: TaskBatch, keys: Sequence[str],
+    def run(self, learner, task_fn: Callable, params, batch, keys: Sequence[str],
             with_gradients: bool = False) -> Dict[str, object]:
         tape = tf.GradientTape(watch_accessed_variables=False) if with_gradients else None
         with tape or contextlib.nullcontext():
@@ -132,22 +193,23 @@ class TaskBatched:
                 tape.watch(params)
             parts = []
             for group in self.split(batch):
-                num_tasks = group.support_x.shape[0] or tf.shape(group.support_x)[0]
-                parts.append(task_fn(TaskView(learner, self.network, num_tasks), params, group))
+                size = num_tasks(group) or tf.shape(tf.nest.flatten(group)[0])[0]
+                parts.append(task_fn(learner.task_view_class(learner, self.network, size), params, group))
             out = {k: tf.concat([p[k] for p in parts], 0) for k in list(keys) + ["objective"] * with_gradients}
             objective = tf.reduce_mean(out.pop("objective")) if tape else None
         if with_gradients:
             out["grads"] = learner.gradient(tape, objective, params)
         return out
 
-    def split(self, batch: TaskBatch) -> list:
+    def split(self, batch) -> list:
         """`batch` split along the task axis into near-equal groups (one if its size is dynamic)."""
-        num_tasks = batch.support_x.shape[0]
-        groups = 1 if num_tasks is None else min(self.groups, num_tasks)
+        size = num_tasks(batch)
+        groups = 1 if size is None else min(self.groups, size)
         if groups == 1:
             return [batch]
-        sizes = [num_tasks // groups + (g < num_tasks % groups) for g in range(groups)]
-        return [TaskBatch(*parts) for parts in zip(*[tf.split(t, sizes) for t in batch])]
+        sizes = [size // groups + (g < size % groups) for g in range(groups)]
+        flat = [tf.split(t, sizes) for t in tf.nest.flatten(batch)]
+        return [tf.nest.pack_sequence_as(batch, [parts[g] for parts in flat]) for g in range(groups)]
 
 
 def default_task_groups(jit_compile: bool = False) -> int:
@@ -184,15 +246,15 @@ class Execution:
         self.task_groups = None if task_groups is None else int(task_groups)
         self.jit_compile = False
 
-    def runs_batched(self, batch: TaskBatch) -> bool:
+    def runs_batched(self, batch) -> bool:
         if self.network is None:
             return False
         if self.batch_tasks or not self.network.convolutional or not self.batched_conv_max_support:
             return True
-        examples = TaskBatch(*batch).support_x.shape[1]
+        examples = examples_per_task(batch)
         return examples is not None and examples < self.batched_conv_max_support
 
-    def backend(self, batch: TaskBatch):
+    def backend(self, batch):
         """The backend that runs `batch`."""
         if self.runs_batched(batch):
             return TaskBatched(self.network, self.task_groups or default_task_groups(self.jit_compile))

@@ -1,19 +1,23 @@
-"""Inner optimisers as `(init, update)` pairs, one inner step, and the inner loop.
+"""Inner optimisers (chains of `maml_tf.core.transforms` links), one inner step, and the inner loop.
 
-An inner optimiser works on the *adapted* entries of the weights (see
-`maml_tf.functional.ParameterSplit`) and an explicit state:
+An inner optimiser is a `Transform` over the *adapted* entries of the weights
+(see `maml_tf.functional.ParameterSplit`) with an explicit state:
 
     state = opt.init(adapted)
-    new_adapted, state = opt.update(grads, state, adapted, step)
+    updates, state = opt.update(grads, state, adapted, step=step)
+    adapted = apply_updates(adapted, updates)
 
 `step` is the 0-based inner step (a Python int in an unrolled loop, a tensor
 in a `tf.while_loop`), which per-step step sizes (MAML++) index. `prepare`
 maps the weights before the gradient is taken (Reptile's weight decay).
 
-The inner loop runs on a `TaskView` (`maml_tf.core.execution`): one task
-under `tf.map_fn`, or every task of a group at once in task layout. Its
-losses are then one per task and the gradient of their sum is each task's own
-gradient, so the same code serves both.
+The inner loop runs on a task view (`maml_tf.core.execution.TaskView` or
+another kind): one task under `tf.map_fn`, or every task of a group at once
+in task layout. The view defines the loss of its kind of task on its data
+(`view.inner_loss(weights, data, step)`, `view.query_loss(...)`): for
+supervised tasks the data is an `(x, y)` pair. In task layout losses are one
+per task and the gradient of their sum is each task's own gradient, so the
+same code serves both.
 """
 
 from __future__ import annotations
@@ -22,30 +26,18 @@ from typing import Callable, Dict, NamedTuple, Sequence
 
 import tensorflow as tf
 
+from maml_tf.core.transforms import (Transform, apply_updates, chain, clip_by_value, scale, scale_by_adam,
+                                     scale_by_learned)
 
-def _identity(weights):
-    return weights
-
-
-class InnerOptimizer(NamedTuple):
-    """`init(adapted) -> state`; `update(grads, state, adapted, step) -> (new_adapted, state)`;
-    `prepare(adapted) -> adapted` before the gradient."""
-
-    init: Callable
-    update: Callable
-    prepare: Callable = _identity
+InnerOptimizer = Transform  # An inner optimiser is a chain of update links.
 
 
-def sgd(learning_rate) -> InnerOptimizer:
+def sgd(learning_rate) -> Transform:
     """`w - lr * g` (MAML's inner step, `--update_lr`)."""
-
-    def update(grads, state, weights, step):
-        return [w - learning_rate * g for w, g in zip(weights, grads)], state
-
-    return InnerOptimizer(lambda weights: (), update)
+    return scale(-learning_rate)
 
 
-def learned_sgd(step_sizes: Sequence, per_step: bool = False) -> InnerOptimizer:
+def learned_sgd(step_sizes: Sequence, per_step: bool = False) -> Transform:
     """`w - a * g` with meta-learned step sizes `a`, one per adapted weight.
 
     Args:
@@ -55,68 +47,27 @@ def learned_sgd(step_sizes: Sequence, per_step: bool = False) -> InnerOptimizer:
         step (MAML++'s per-layer per-step learning rates); steps past the
         last use the last entry (longer evaluation than training).
     """
-
-    def update(grads, state, weights, step):
-        sizes = [a[min(step, a.shape[0] - 1)] for a in step_sizes] if per_step else step_sizes
-        return [w - a * g for w, a, g in zip(weights, sizes, grads)], state
-
-    return InnerOptimizer(lambda weights: (), update)
+    return scale_by_learned(step_sizes, per_step)
 
 
-def adam(learning_rate, beta1: float = 0.0, beta2: float = 0.999, epsilon: float = 1e-8) -> InnerOptimizer:
+def adam(learning_rate, beta1: float = 0.0, beta2: float = 0.999, epsilon: float = 1e-8) -> Transform:
     """TF1 `AdamOptimizer`'s update, state `(m, v, steps)` (Reptile: beta1 = 0, the state carried across tasks)."""
-
-    def init(weights):
-        return [tf.zeros_like(w) for w in weights], [tf.zeros_like(w) for w in weights], tf.constant(0, tf.int64)
-
-    def update(grads, state, weights, step):
-        m, v, steps = state
-        steps = steps + 1
-        t = tf.cast(steps, weights[0].dtype)
-        m = [beta1 * mi + (1.0 - beta1) * g for mi, g in zip(m, grads)]
-        v = [beta2 * vi + (1.0 - beta2) * tf.square(g) for vi, g in zip(v, grads)]
-        lr_t = learning_rate * tf.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        return [w - lr_t * mi / (tf.sqrt(vi) + epsilon) for w, mi, vi in zip(weights, m, v)], (m, v, steps)
-
-    return InnerOptimizer(init, update)
+    return scale_by_adam(learning_rate, beta1, beta2, epsilon)
 
 
-def with_weight_decay(optimizer: InnerOptimizer, factor: float) -> InnerOptimizer:
-    """`optimizer`, with the weights multiplied by `factor` before each step's gradient (Reptile's
-    `--weight-decay`; 1: unchanged)."""
-    if factor == 1.0:
-        return optimizer
-    return optimizer._replace(prepare=lambda weights: [w * factor for w in optimizer.prepare(weights)])
-
-
-def with_gradient_clipping(optimizer: InnerOptimizer, value) -> InnerOptimizer:
-    """`optimizer` on the gradients clipped elementwise to `[-value, value]` (MMAML's inner loop; None: not
+def clipped_sgd(learning_rate, clip_value) -> Transform:
+    """SGD on the gradients clipped elementwise to `[-clip_value, clip_value]` (MMAML's inner loop; None: not
     clipped)."""
-    if value is None:
-        return optimizer
-
-    def update(grads, state, weights, step):
-        return optimizer.update([tf.clip_by_value(g, -value, value) for g in grads], state, weights, step)
-
-    return optimizer._replace(update=update)
+    return chain(clip_by_value(clip_value), sgd(learning_rate)) if clip_value is not None else sgd(learning_rate)
 
 
-def with_proximal_term(optimizer: InnerOptimizer, lam: float, anchor: Sequence) -> InnerOptimizer:
-    """`optimizer` on the loss plus `lam / 2 ||w - anchor||^2` (iMAML's regularised inner problem): the
-    term's gradient `lam (w - anchor)` is added to the loss's before the update."""
-
-    def update(grads, state, weights, step):
-        return optimizer.update([g + lam * (w - a) for g, w, a in zip(grads, weights, anchor)], state, weights, step)
-
-    return optimizer._replace(update=update)
-
-
-def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, step=None, *,
+def inner_step(view, weights: Sequence, optimizer: Transform, state, data, step=None, *,
                first_order: bool = False):
-    """One step of `optimizer` on the loss of `(x, y)` over the adapted entries of `weights`.
+    """One step of `optimizer` on the view's inner loss of `data` over the adapted entries of `weights`.
 
     Args:
-      view: the `TaskView` (the inner loss `view.inner_loss`, the gradient, which entries adapt).
+      view: the task view (the inner loss `view.inner_loss`, the gradient, which entries adapt).
+      data: the task's data for the inner loss (supervised: `(x, y)`).
       first_order: stop the gradient through the inner gradient (first-order MAML).
 
     Returns:
@@ -128,12 +79,12 @@ def inner_step(view, weights: Sequence, optimizer: InnerOptimizer, state, x, y, 
     weights = split.replace(weights, adapted)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(adapted)
-        outputs, loss = view.inner_loss(weights, x, y, step)
+        outputs, loss = view.inner_loss(weights, data, step)
     grads = view.gradient(tape, loss, adapted)
     if first_order:
         grads = [tf.stop_gradient(g) for g in grads]
-    new, state = optimizer.update(grads, state, adapted, step)
-    return outputs, loss, split.replace(weights, new), state
+    updates, state = optimizer.update(grads, state, adapted, step=step)
+    return outputs, loss, split.replace(weights, apply_updates(adapted, updates)), state
 
 
 class Trajectory(NamedTuple):
@@ -156,29 +107,27 @@ class Trajectory(NamedTuple):
     history: tuple = ()
 
 
-def inner_loop(view, weights: Sequence, optimizer: InnerOptimizer, support, num_steps: int, *,
+def inner_loop(view, weights: Sequence, optimizer: Transform, support, num_steps: int, *,
                query=None, query_steps: Sequence[int] = (), state=None, first_order: bool = False,
                keep_weights: bool = False) -> Trajectory:
-    """`num_steps` inner steps on the support set `(x, y)`, unrolled in Python, with the query set after
+    """`num_steps` inner steps on the `support` data, unrolled in Python, with the `query` data's loss after
     each of `query_steps`; `keep_weights`: the weights of every step in `Trajectory.history`.
 
-    The query passes are declared `differentiated_once`: only the outer
-    gradient's first derivative goes through them, so batch norm may use its
-    fused kernel there (see `maml_tf.networks.exact_normalize`).
+    The query passes (`view.query_loss`) are declared `differentiated_once`:
+    only the outer gradient's first derivative goes through them, so batch
+    norm may use its fused kernel there (see `maml_tf.networks.exact_normalize`).
     """
-    x, y = support
     state = optimizer.init(view.split.adapted(weights)) if state is None else state
     support_outputs = support_loss = None
     query_outputs, query_losses, query_weights = {}, {}, {}
     history = [list(weights)] if keep_weights else None
     for step in range(num_steps):
-        outputs, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, step,
+        outputs, loss, weights, state = inner_step(view, weights, optimizer, state, support, step,
                                                    first_order=first_order)
         if step == 0:
             support_outputs, support_loss = outputs, loss
         if step in query_steps:
-            query_outputs[step] = view.forward(weights, query[0], step=step, differentiated_once=True)
-            query_losses[step] = view.loss(query_outputs[step], query[1])
+            query_outputs[step], query_losses[step] = view.query_loss(weights, query, step)
             query_weights[step] = list(weights)
         if keep_weights:
             history.append(list(weights))
@@ -221,9 +170,9 @@ def recomputed_gradient(history: Sequence[Sequence[tf.Tensor]], params: Sequence
     return grad_params, grad_w
 
 
-def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches: Callable, num_steps, *,
+def inner_while_loop(view, weights: Sequence, optimizer: Transform, batches: Callable, num_steps, *,
                      state=None):
-    """`num_steps` inner steps (a `tf.while_loop`, not differentiated), step i on `batches(i) -> (x, y)`.
+    """`num_steps` inner steps (a `tf.while_loop`, not differentiated), step i on the data `batches(i)`.
 
     For long inner loops whose path the meta-gradient does not need (Reptile,
     iMAML's solver): the graph holds one step whatever `num_steps` is.
@@ -234,8 +183,7 @@ def inner_while_loop(view, weights: Sequence, optimizer: InnerOptimizer, batches
     state = optimizer.init(view.split.adapted(weights)) if state is None else state
 
     def body(i, weights, state, first_loss):
-        x, y = batches(i)
-        _, loss, weights, state = inner_step(view, weights, optimizer, state, x, y, i)
+        _, loss, weights, state = inner_step(view, weights, optimizer, state, batches(i), i)
         return i + 1, weights, state, tf.where(i == 0, loss, first_loss)
 
     first = tf.constant(float("nan"), view.dtype)

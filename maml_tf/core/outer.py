@@ -1,11 +1,18 @@
-"""The one outer update: `theta <- optimiser(theta, clip(meta-gradient))`, used by every algorithm and `MetaModel`.
+"""The one outer update, used by every algorithm and `MetaModel`: a chain of links over the meta-gradient, then
+the optimiser.
 
-Order: in a distributed run, the all-reduce (the mean over the replicas of
-their tasks' mean meta-gradients: `maml_tf.core.distribute`), before anything
-that looks at the values; clipping to a global norm (`--clip_norm`); elementwise
-clipping (the original clips MiniImagenet's meta-gradient to [-10, 10]); with
-float16 layers, the loss-scale guard (an update with a non-finite gradient is
-skipped); then the optimiser.
+    outer_update(grads, variables, optimizer, transform=meta_gradient_chain(clip_value=10.0))
+
+The chain (`maml_tf.core.transforms`) starts, in a distributed run, with the
+all-reduce (`all_reduce_mean`: the mean over the replicas of their tasks'
+mean meta-gradients, `maml_tf.core.distribute`) before anything that looks
+at the values; the usual chain then clips to a global norm (`--clip_norm`)
+and elementwise (the original clips MiniImagenet's meta-gradient to [-10,
+10]). Its output is given to `optimizer`: a Keras optimiser applies it as a
+gradient; `None` adds it to the variables as an update (a chain that ends
+in a step of its own: Reptile's `-epsilon` scale, TRPO's trust region).
+With float16 layers the loss-scale guard skips an update whose gradient is
+not finite.
 """
 
 from __future__ import annotations
@@ -15,7 +22,21 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from maml_tf.core.distribute import all_reduce_mean, apply_update
+from maml_tf.core.distribute import apply_update
+from maml_tf.replicas import all_reduce_mean
+from maml_tf.core.transforms import Transform, chain, clip_by_global_norm, clip_by_value, stateless
+
+
+def all_reduce() -> Transform:
+    """The link that averages the meta-gradient over the replicas (unchanged on one device)."""
+    return stateless(lambda grads, params, **extra: all_reduce_mean(grads))
+
+
+def meta_gradient_chain(*, clip_value: Optional[float] = None, clip_norm: Optional[float] = None,
+                        clip_groups: Optional[Sequence[int]] = None, links: Sequence[Transform] = ()) -> Transform:
+    """The all-reduce, clipping to a global norm per group (`clip_groups`: their sizes), elementwise clipping,
+    then `links`."""
+    return chain(all_reduce(), clip_by_global_norm(clip_norm, clip_groups), clip_by_value(clip_value), *links)
 
 
 class DynamicLossScale(tf.Module):
@@ -54,53 +75,36 @@ class DynamicLossScale(tf.Module):
         return tf.cond(finite, good, bad)
 
 
-def clip_by_value(grads: Sequence, clip_value: Optional[float]) -> list:
-    """Elementwise clipping to `[-clip_value, clip_value]` (none if `clip_value` is None)."""
-    if clip_value is None:
-        return list(grads)
-    return [tf.clip_by_value(g, -clip_value, clip_value) for g in grads]
-
-
-def clip_by_norm(grads: Sequence, clip_norm: Optional[float], groups: Sequence[int]) -> list:
-    """Each group's gradients scaled down together so that their global norm is at most `clip_norm` (PyTorch's
-    `clip_grad_norm_` per optimiser, as MMAML's authors clip the network and the encoder); `groups`: the sizes of
-    consecutive groups of `grads`. None: unchanged."""
-    if clip_norm is None:
-        return list(grads)
-    out, start = [], 0
-    for size in groups:
-        out += tf.clip_by_global_norm(list(grads[start:start + size]), clip_norm)[0]
-        start += size
-    return out + list(grads[start:])
-
-
-def outer_update(grads, variables, optimizer, *, clip_value: Optional[float] = None,
-                 clip_norm: Optional[float] = None, clip_groups: Optional[Sequence[int]] = None,
-                 loss_scale: Optional[DynamicLossScale] = None) -> dict:
+def outer_update(grads, variables, optimizer, *, transform: Optional[Transform] = None,
+                 loss_scale: Optional[DynamicLossScale] = None, **extra) -> dict:
     """Applies the meta-gradient `grads` to `variables` (aligned nests).
 
     Args:
-      optimizer: a Keras optimiser (`optimizer.apply`), or a function
-        `apply(grads, variables)` (Reptile's epsilon step).
-      clip_value: elementwise clipping.
-      clip_norm, clip_groups: clipping to a global norm (`clip_by_norm`; groups
-        default to one).
+      optimizer: a Keras optimiser (`optimizer.apply` of the chain's output as
+        a gradient), or None: the chain's output is an update added to the
+        variables.
+      transform: the chain of links over the meta-gradient (default: the
+        all-reduce alone); stateless across meta-updates (state that must last
+        lives in the optimiser's variables).
       loss_scale: with float16 layers: skip the update if a gradient is not
         finite, and adjust the scale.
+      **extra: passed to the links (a trust region's `curvature_product`,
+        `objective`, `constraint`).
 
     Returns:
       Entries for the step's results: none without loss scaling, else
       `loss_scale` (the scale this step used) and `update_skipped`.
     """
-    grads, variables = all_reduce_mean(tf.nest.flatten(grads)), tf.nest.flatten(variables)
-    grads = clip_by_value(clip_by_norm(grads, clip_norm, clip_groups or [len(grads)]), clip_value)
-    apply = lambda: apply_update(optimizer, grads, variables)  # noqa: E731
+    grads, variables = tf.nest.flatten(grads), tf.nest.flatten(variables)
+    transform = transform or all_reduce()
+    params = [tf.convert_to_tensor(v) for v in variables]
+    updates, _ = transform.update(grads, transform.init(params), params, **extra)
+    apply = lambda: apply_update(optimizer, updates, variables)  # noqa: E731
     if loss_scale is None:
         apply()
         return {}
     used = loss_scale.scale.read_value()
-    return {"loss_scale": used, "update_skipped": tf.logical_not(loss_scale.update(grads, apply))}
-
+    return {"loss_scale": used, "update_skipped": tf.logical_not(loss_scale.update(updates, apply))}
 
 
 def cosine_annealing(epoch, total_epochs: int, base: float, minimum: float):

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 from maml_tf.batched import unsupported_reason
+from maml_tf.core.execution import TaskView
 from maml_tf.functional import takes_argument, task_batched_network
 
 
@@ -96,9 +97,17 @@ class ParticleView:
         return particle_forward(self.learner, weights[:self.num_network], x, step=step,
                                 differentiated_once=differentiated_once)
 
-    def inner_loss(self, weights: Sequence, x, y, step=None):
+    support, query = staticmethod(TaskView.support), staticmethod(TaskView.query)
+
+    def inner_loss(self, weights: Sequence, data, step=None):
+        x, y = data
         outputs = self.forward(weights, x, step=step)
         return outputs, self.energy(weights, outputs, y)
+
+    def query_loss(self, weights: Sequence, data, step=None):
+        x, y = data
+        outputs = self.forward(weights, x, step=step, differentiated_once=True)
+        return outputs, self.loss(outputs, y)
 
     @staticmethod
     def prediction(outputs):

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from maml_tf.core.inner import InnerOptimizer
+from maml_tf.core.transforms import Transform, chain, scale, stateless
 
 
 def flatten_particles(stacked: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -81,17 +81,17 @@ def svgd_direction(flat: tf.Tensor, grad_log_p: tf.Tensor, bandwidth: Optional[f
     return (tf.matmul(k, grad_log_p) + repulsive) / m
 
 
-def svgd(step_size, bandwidth: Optional[float] = None, repulsion: float = 1.0) -> InnerOptimizer:
-    """SVGD as an inner optimiser over particle entries `[M, ...]`: `x <- x + step_size * phi(x)`.
+def scale_by_svgd(bandwidth: Optional[float] = None, repulsion: float = 1.0) -> Transform:
+    """The link that turns the gradients of the inner *loss* (the negative log posterior summed over the
+    particles, so `grad log p = -grads`: each particle's row is its own gradient) into SVGD's direction `phi`."""
 
-    The gradients it receives are those of the inner *loss*, the negative log
-    posterior summed over the particles, so `grad log p = -grads` (each
-    particle's row is its own gradient: the sum separates).
-    """
+    def direction(grads, weights, **extra):
+        phi = svgd_direction(flatten_particles(weights), -flatten_particles(grads), bandwidth, repulsion)
+        return unflatten_particles(phi, weights)
 
-    def update(grads, state, weights, step):
-        flat = flatten_particles(weights)
-        phi = svgd_direction(flat, -flatten_particles(grads), bandwidth, repulsion)
-        return [w + step_size * d for w, d in zip(weights, unflatten_particles(phi, weights))], state
+    return stateless(direction)
 
-    return InnerOptimizer(lambda weights: (), update)
+
+def svgd(step_size, bandwidth: Optional[float] = None, repulsion: float = 1.0) -> Transform:
+    """SVGD as an inner optimiser over particle entries `[M, ...]`: `x <- x + step_size * phi(x)`."""
+    return chain(scale_by_svgd(bandwidth, repulsion), scale(step_size))

@@ -1,8 +1,22 @@
-"""The datasource registry: name -> task sampler, input shape and the original's protocol (no TensorFlow import).
+"""The datasource registry: name -> task source, input shape and the original's protocol (no TensorFlow import).
 
-A task source has `batches(meta_batch_size, num_batches=None)`, an iterator of
-`TaskBatch`es (endless unless `num_batches` is given). `make_tasks(config,
-split, seed)` builds the one of `config.datasource`.
+A task source is what `make_tasks(config, split, seed)` builds for
+`config.datasource`. The training loop draws meta-batches from it through
+`task_stream(source, meta_batch_size, start)`, a function `next_batch(learner)`:
+
+- a source of tasks fixed before training (every supervised one) has
+  `batches(meta_batch_size, num_batches=None, start=0)`, an iterator of
+  meta-batches (endless unless `num_batches` is given), and ignores the
+  learner; a resumed run skips the `start` batches it already drew;
+- a source whose tasks depend on the learner (reinforcement learning: query
+  episodes sampled with each task's adapted weights) has
+  `next_batch(meta_batch_size, learner)`, and `checkpoint_objects()`: its
+  random state, saved in every checkpoint, so that a resumed run continues
+  it exactly.
+
+A meta-batch is any nested structure of tensors with a leading task axis
+(`maml_tf.types.TaskBatch` for supervised tasks); the learner's task view
+reads it (`maml_tf.core.execution`).
 """
 
 from __future__ import annotations
@@ -64,6 +78,22 @@ DATASOURCES: Dict[str, Datasource] = {
                                conv_head="flatten", test_num_updates=(1, 10), clip_value=10.0,
                                train_query_per_class=15, needs_max_pool=True),
 }
+
+
+TEST_SEED = 1  # The original seeds numpy and random with 1 before testing (and its validation tasks).
+
+
+def task_stream(source, meta_batch_size: int, start: int = 0):
+    """The training loop's view of `source`: `next_batch(learner) -> the next meta-batch` (see the module)."""
+    if hasattr(source, "next_batch"):
+        return lambda learner: source.next_batch(meta_batch_size, learner)
+    batches = source.batches(meta_batch_size, start=start)
+    return lambda learner: next(batches)
+
+
+def source_state(source) -> dict:
+    """The objects a checkpoint must hold to resume `source` (none for a source of fixed tasks)."""
+    return source.checkpoint_objects() if hasattr(source, "checkpoint_objects") else {}
 
 
 def make_tasks(config, split: str, seed: int):
