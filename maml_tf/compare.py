@@ -215,7 +215,7 @@ def _before_batch_norm(name: str, config) -> bool:
     if not name.startswith("model/Variable_"):
         return False  # w1 (`model/Variable`) or a norm's offset.
     index = int(name.rsplit("_", 1)[-1])
-    return index % 2 == 1 and index < 2 * len(config.datasource_spec.fc_hidden)
+    return index % 2 == 1 and index < 2 * len(config.network_spec.fc_hidden)
 
 
 # ----------------------------------------------------------------------------------------------- 2. curves

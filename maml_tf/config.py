@@ -16,6 +16,7 @@ from typing import Optional
 
 from maml_tf import algorithms
 from maml_tf.data import DATASOURCES
+from maml_tf.network_specs import NetworkSpec, network_spec
 from maml_tf.options import AlgorithmOptions, ConfigError, option
 
 __all__ = ["Config", "ConfigError"]
@@ -211,7 +212,7 @@ class Config:
                     raise ConfigError(f"--{name} is not supported with --distribute.")
         if self.distribute_devices and self.distribute != "mirrored":
             raise ConfigError("--distribute_devices needs --distribute=mirrored.")
-        if self.datasource_spec.needs_max_pool and self.conv and not self.max_pool:
+        if self.network_spec.needs_max_pool and self.conv and not self.max_pool:
             raise ConfigError(f"{self.datasource}'s conv net flattens a 5x5 map and needs --max_pool=True "
                               "(the original assumes it).")
         self.options.validate(self)
@@ -230,6 +231,11 @@ class Config:
     def datasource_spec(self):
         """The registry entry of `datasource` (`maml_tf.data.Datasource`)."""
         return DATASOURCES[self.datasource]
+
+    @property
+    def network_spec(self) -> NetworkSpec:
+        """The original network's settings for `datasource` (`maml_tf.network_specs`)."""
+        return network_spec(self.datasource)
 
     def support_per_class(self, split: str) -> int:
         """Support (training) examples per class of a task of `split` (K, unless the algorithm trains on others)."""

@@ -529,13 +529,12 @@ def input_shape(config: Config):
 
 
 def _fc_from_config(config: Config, dtype):
-    return build_fc(input_shape(config), config.num_ways, list(DATASOURCES[config.datasource].fc_hidden),
-                    config.norm, dtype)
+    return build_fc(input_shape(config), config.num_ways, list(config.network_spec.fc_hidden), config.norm, dtype)
 
 
 def _conv_from_config(config: Config, dtype):
     return build_conv(input_shape(config), config.num_ways, config.num_filters, config.norm,
-                      config.max_pool, DATASOURCES[config.datasource].conv_head, dtype)
+                      config.max_pool, config.network_spec.conv_head, dtype)
 
 
 NETWORKS: Dict[str, Callable[[Config, str], keras.Model]] = {"fc": _fc_from_config, "conv": _conv_from_config}

@@ -1,4 +1,5 @@
-"""Conformance over the registries: every algorithm and every datasource passes the same checks.
+"""Conformance over the registries: every algorithm and every datasource passes the same checks (every algorithm:
+compiled, XLA-compiled, checkpointed, and through `MetaModel` fit, save and load).
 
 A new algorithm must add its tiny options to `OPTIONS` (the first test fails until it does).
 """
@@ -9,11 +10,13 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import algorithms, losses, networks
+from maml_tf.algorithms.mmaml import Modulated
+from maml_tf.api import MetaModel
 from maml_tf.config import Config
 from maml_tf.data import DATASOURCES, make_tasks
 from maml_tf.data.sinusoid import SinusoidTasks
 from maml_tf.types import TaskBatch
-from tests.conftest import shared_path
+from tests.conftest import assert_metamodel_fits_saves_and_loads, shared_path
 
 OPTIONS = {
     "maml": dict(inner_lr=0.02, num_inner_steps=2, meta_lr=0.01),
@@ -39,14 +42,14 @@ def sinusoid_batch(seed=0, tasks=4, k=5):
     return TaskBatch(*[tf.constant(t) for t in next(SinusoidTasks(k, k, seed).batches(tasks))])
 
 
-def learner(name):
+def network(name, dtype="float32"):
     keras.utils.set_random_seed(0)
-    model = networks.build_fc((1,), 1, [20, 20], "None")
-    if name == "mmaml":  # The network MMAML modulates.
-        from maml_tf.algorithms.mmaml import Modulated
+    model = networks.build_fc((1,), 1, [20, 20], "None", dtype=dtype)
+    return Modulated(model) if name == "mmaml" else model  # The network MMAML modulates.
 
-        model = Modulated(model)
-    return algorithms.get(name)(model, losses.mse, **OPTIONS[name])
+
+def learner(name, dtype="float32"):
+    return algorithms.get(name)(network(name, dtype), losses.mse, **OPTIONS[name])
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -85,6 +88,33 @@ def test_checkpoint_round_trip(name, tmp_path):
     tf.train.Checkpoint(**fresh.checkpoint_objects()).restore(path).assert_existing_objects_matched()
     for v, s in zip(fresh.meta_variables, saved):
         np.testing.assert_array_equal(v.numpy(), s)
+
+
+# Algorithms whose XLA-compiled steps draw other random numbers than the plain ones (tf.random.Generator.normal
+# under XLA), so only finiteness is compared.
+XLA_DRAWS_DIFFER = {"platipus"}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_xla_compiled_steps_equal_the_plain_ones(name):
+    plain, xla = learner(name, "float64"), learner(name, "float64")
+    xla.compile(jit_compile=True)
+    for seed in range(2):
+        batch = tf.nest.map_structure(lambda t: tf.cast(t, tf.float64), sinusoid_batch(seed=seed))
+        plain.train_step(batch)
+        xla.train_step(batch)
+    for a, b in zip(plain.meta_variables, xla.meta_variables):
+        assert np.all(np.isfinite(b.numpy()))
+        if name not in XLA_DRAWS_DIFFER:
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-9, atol=1e-9 * float(np.max(np.abs(a.numpy()))))
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_metamodel_fits_saves_and_loads(name, tmp_path):
+    options = {k: v for k, v in OPTIONS[name].items() if k != "meta_lr"}  # The compiled optimiser's.
+    meta = MetaModel(network(name), name, loss="mse", **options)
+    meta.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert_metamodel_fits_saves_and_loads(meta, [sinusoid_batch(seed=s) for s in range(2)], tmp_path)
 
 
 def datasource_config(name, tmp_path_factory):

@@ -13,11 +13,13 @@ weights, from the output back.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, List
 
 import keras
 
 from maml_tf.algorithms.maml import MAML
+from maml_tf.algorithms.options import ANILOptions
 
 
 def head_mask(model: keras.Model, head_layers: int) -> List[bool]:
@@ -43,7 +45,8 @@ class ANIL(MAML):
 
     name = "anil"
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, head_layers: int = 1, adapt=None, **maml_options):
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, head_layers: int = ANILOptions.head_layers, adapt=None,
+                 **maml_options):
         if head_layers < 1:
             raise ValueError(f"head_layers must be at least 1; got {head_layers}.")
         self.head_layers = head_layers
@@ -52,4 +55,4 @@ class ANIL(MAML):
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
-        return dict(super().config_kwargs(config), head_layers=config.options.head_layers)
+        return dict(super().config_kwargs(config), **dataclasses.asdict(config.options))

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.replicas import assign, gather_tasks
+from maml_tf.core.distribute import replicated
 from maml_tf.core.execution import Execution, TaskView
 from maml_tf.core.outer import DynamicLossScale, meta_gradient_chain, outer_update
 from maml_tf.core.transforms import Transform, clip_norms, clip_values
@@ -64,6 +65,8 @@ class MetaLearner:
 
     name = "meta_learner"
     compiled_steps = ("train_step", "evaluate")  # Built from `_train_step`, ... by `compile`.
+    distributed_steps = ("train_step", "pretrain_step")  # Steps split across replicas (given a `strategy`).
+    strategy = None  # The `tf.distribute` strategy of `maml_tf.core.distribute.distribute`, if any.
     objective_step = 0
     update_moving_statistics = False  # MAML's option; see `refresh_statistics`.
     clip_value: Optional[float] = None
@@ -105,7 +108,18 @@ class MetaLearner:
         """
         self.jit_compile = self.execution.jit_compile = jit_compile
         for name in self.compiled_steps:
-            setattr(self, name, tf.function(getattr(self, "_" + name), jit_compile=jit_compile, autograph=False))
+            setattr(self, name, self.compiled_step(name))
+
+    def compiled_step(self, name: str):
+        """The compiled form of the step `_<name>` (MAML++: one per phase of its schedules)."""
+        return self.function(getattr(self, "_" + name), distributed=name in self.distributed_steps)
+
+    def function(self, fn: Callable, distributed: bool = False):
+        """`fn` as the learner compiles it: a `tf.function` (with XLA if asked); a training step of a distributed
+        learner runs its global meta-batch split across the strategy's replicas (`maml_tf.core.distribute`)."""
+        if distributed and self.strategy is not None:
+            fn = replicated(self.strategy, fn)
+        return tf.function(fn, jit_compile=self.jit_compile, autograph=False)
 
     @classmethod
     def build_model(cls, config) -> keras.Model:

@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from maml_tf import networks
 from maml_tf.algorithms.maml import MAML, tf1_adam
+from maml_tf.algorithms.options import BMAMLOptions, EMAMLOptions
 from maml_tf.core import params as P
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, inner_loop, sgd, stack_steps
@@ -84,7 +85,7 @@ class EMAML(MAML):
     task_batched = False  # Tasks one by one; each task's particles run at once.
     evaluators = ("predictive",)  # It adapts a set of functions, not one (`adapt_particles`).
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, num_particles: int = 10,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, num_particles: int = EMAMLOptions.num_particles,
                  lr_decay_iterations: Optional[int] = None, seed: Optional[int] = None, **maml_options):
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1; got {num_particles}.")
@@ -223,10 +224,11 @@ class BMAML(EMAML):
 
     name = "bmaml"
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, leader_steps: int = 1, repulsion: float = 1.0,
-                 bandwidth: Optional[float] = None, likelihood: str = "gaussian", gamma_prior=(2.0, 0.2),
-                 lambda_prior=(2.0, 2.0), init_log_gamma: float = math.log(100.0), init_log_lambda: float = 0.0,
-                 **options):
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, leader_steps: int = BMAMLOptions.leader_steps,
+                 repulsion: float = BMAMLOptions.repulsion, bandwidth: Optional[float] = None,
+                 likelihood: str = "gaussian", gamma_prior=(BMAMLOptions.gamma_a, BMAMLOptions.gamma_b),
+                 lambda_prior=(BMAMLOptions.lambda_a, BMAMLOptions.lambda_b), init_log_gamma: float = math.log(100.0),
+                 init_log_lambda: float = 0.0, **options):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")
         if leader_steps < 1:
@@ -309,7 +311,7 @@ def bayesian_network(config) -> keras.Model:
     on regression share it)."""
     if config.classification:
         return networks.build_network(config)
-    return networks.build_fc(config.datasource_spec.input_shape, 1, config.datasource_spec.fc_hidden, config.norm,
+    return networks.build_fc(config.datasource_spec.input_shape, 1, config.network_spec.fc_hidden, config.norm,
                              kernel_initializer="glorot_normal",
                              bias_initializer=keras.initializers.RandomNormal(stddev=0.01))
 

@@ -32,12 +32,14 @@ differentiate all of them), unless `adapt` says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from maml_tf import losses
+from maml_tf.algorithms.options import IMAMLOptions
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
 from maml_tf.core import params as P
 from maml_tf.core.execution import MapFn, TaskView
@@ -75,9 +77,11 @@ class IMAML(MetaLearner):
     name = "imaml"
     objective_step = 0  # `total_losses2` holds one entry: at the inner solution.
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, lam: float = 1.0, solver: str = "gd",
-                 n_steps: int = 16, inner_lr: float = 1e-2, cg_steps: int = 5, cg_damping: float = 1.0,
-                 lam_damping: float = 10.0, hf_cg_steps: int = 5, hf_line_search_steps: int = 10,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, lam: float = IMAMLOptions.lam,
+                 solver: str = IMAMLOptions.solver, n_steps: int = IMAMLOptions.n_steps,
+                 inner_lr: float = IMAMLOptions.inner_lr, cg_steps: int = IMAMLOptions.cg_steps,
+                 cg_damping: float = IMAMLOptions.cg_damping, lam_damping: float = IMAMLOptions.lam_damping,
+                 hf_cg_steps: int = IMAMLOptions.hf_cg_steps, hf_line_search_steps: int = 10,
                  cg_residual_tol: float = 1e-10, adapt=None,
                  metric_fn: Optional[Callable] = None, optimizer=None, meta_lr: float = 1e-3,
                  training: bool = True):
@@ -100,11 +104,9 @@ class IMAML(MetaLearner):
     @classmethod
     def from_config(cls, config, model: keras.Model) -> "IMAML":
         """The algorithm `main.py` runs for `--algorithm=imaml`."""
-        o = config.options
         loss_fn, metric_fn = (losses.mean_xent, losses.accuracy) if config.classification else (losses.mse, None)
-        return cls(model, loss_fn, lam=o.lam, solver=o.solver, n_steps=o.n_steps, inner_lr=o.inner_lr,
-                   cg_steps=o.cg_steps, cg_damping=o.cg_damping, lam_damping=o.lam_damping,
-                   hf_cg_steps=o.hf_cg_steps, metric_fn=metric_fn, meta_lr=config.meta_lr)
+        # The options' names are the constructor's.
+        return cls(model, loss_fn, **dataclasses.asdict(config.options), metric_fn=metric_fn, meta_lr=config.meta_lr)
 
     def _checkpoint_objects(self) -> Dict[str, object]:
         return {"model": self.model, "optimizer": self.optimizer}

@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from maml_tf.algorithms.bmaml import bayesian_network
 from maml_tf.algorithms.maml import MAML
+from maml_tf.algorithms.options import LLAMAOptions
 from maml_tf.core.kfac import KFAC, LIKELIHOODS
 from maml_tf.core.particles import particle_forward
 
@@ -80,8 +81,9 @@ class LLAMA(MAML):
     has_objective_term = True
     summaries = {"total_objective_term": "Objective term"}  # eta/2 log det H, added to the query loss.
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, eta: float = 1e-3, tau: Optional[float] = None,
-                 num_samples: int = 10, likelihood: str = "gaussian", predict_tau: Optional[float] = None,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, eta: float = LLAMAOptions.eta,
+                 tau: Optional[float] = None, num_samples: int = LLAMAOptions.num_samples, likelihood: str = "gaussian",
+                 predict_tau: Optional[float] = None,
                  seed: Optional[int] = None, **maml_options):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}.")

@@ -61,6 +61,7 @@ import tensorflow as tf
 
 from maml_tf import losses, networks
 from maml_tf.algorithms.maml import MAML, tf1_adam
+from maml_tf.algorithms.options import MAMLPPOptions
 from maml_tf.core import objective
 from maml_tf.replicas import assign, gather_tasks
 from maml_tf.core.execution import TaskView
@@ -68,6 +69,8 @@ from maml_tf.core.inner import InnerOptimizer, learned_sgd
 from maml_tf.core.outer import CosineAnnealing
 from maml_tf.networks import PerStepBatchNorm, collect_moments
 
+
+_O = MAMLPPOptions  # Its defaults are the options' (the authors' configs), declared there once.
 
 class MAMLPlusPlus(MAML):
     """MAML++ on a Keras model (per-step batch norm needs `networks.PerStepNetwork`'s layers).
@@ -87,12 +90,13 @@ class MAMLPlusPlus(MAML):
     """
 
     name = "maml++"
-    compiled_steps = ("evaluate", "predictive")  # The train steps are compiled per phase (`train_step`).
+    compiled_steps = ("train_step", "evaluate", "predictive")  # The train step: one per phase (`PhasedStep`).
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float = 0.1, num_inner_steps: int = 5,
-                 msl: bool = True, msl_epochs: int = 10, lslr: bool = True,
-                 first_order_to_second_order_epoch: int = -1, cosine_annealing: bool = True, total_epochs: int = 100,
-                 min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500, transductive: bool = True,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, inner_lr: float = _O.init_inner_lr,
+                 num_inner_steps: int = 5, msl: bool = _O.msl, msl_epochs: int = _O.multi_step_loss_num_epochs,
+                 lslr: bool = _O.lslr, first_order_to_second_order_epoch: int = _O.first_order_to_second_order_epoch,
+                 cosine_annealing: bool = _O.ca, total_epochs: int = 100, min_meta_lr: float = _O.min_learning_rate,
+                 iterations_per_epoch: int = 500, transductive: bool = _O.transductive,
                  meta_lr: float = 1e-3, **maml_options):
         if iterations_per_epoch < 1 or total_epochs < 1 or msl_epochs < 1:
             raise ValueError("iterations_per_epoch, total_epochs and msl_epochs must be at least 1.")
@@ -125,11 +129,12 @@ class MAMLPlusPlus(MAML):
     def build_model(cls, config) -> keras.Model:
         """The authors' network for `config` (`networks.PerStepNetwork`): 4 conv stages of 64 filters
         (MiniImagenet: 48) with max-pooling, or the original fc net's widths for regression."""
-        o, spec = config.options, config.datasource_spec
+        o = config.options
         conv = config.classification and config.conv
         filters = o.filters or (48 if config.datasource == "miniimagenet" else 64)
+        widths = [filters] * 4 if conv else list(config.network_spec.fc_hidden)
         return networks.PerStepNetwork(
-            networks.input_shape(config), config.num_ways, [filters] * 4 if conv else list(spec.fc_hidden),
+            networks.input_shape(config), config.num_ways, widths,
             config.num_updates, conv=conv, norm=config.norm == "batch_norm", per_step_weights=o.bnwb,
             per_step_statistics=o.bnrs, dtype="mixed_float16" if config.mixed_precision else None)
 
@@ -184,9 +189,8 @@ class MAMLPlusPlus(MAML):
             self._phase, self.first_order = saved
 
     # ---------------------------------------------------------- training
-    def compile(self, jit_compile: bool = False) -> None:
-        super().compile(jit_compile)
-        self.train_step = PhasedStep(self)
+    def compiled_step(self, name: str):
+        return PhasedStep(self) if name == "train_step" else super().compiled_step(name)
 
     def _phase_step(self, phase, batch, num_steps=None):
         with self._tracing(phase):
@@ -270,8 +274,7 @@ class PhasedStep:
         learner = self.learner
         phase = learner.phase(learner.epoch())
         if phase not in self.steps:
-            self.steps[phase] = tf.function(functools.partial(learner._phase_step, phase),
-                                            jit_compile=learner.jit_compile, autograph=False)
+            self.steps[phase] = learner.function(functools.partial(learner._phase_step, phase), distributed=True)
         return self.steps[phase](batch, num_steps)
 
     def experimental_get_tracing_count(self) -> int:

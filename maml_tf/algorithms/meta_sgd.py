@@ -17,12 +17,14 @@ paper's definition. `init='update_lr'` with `learn_lr=False` is exactly MAML.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
 from maml_tf.algorithms.maml import MAML
+from maml_tf.algorithms.options import MetaSGDOptions
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, learned_sgd
 
@@ -41,8 +43,9 @@ class MetaSGD(MAML):
 
     name = "meta_sgd"
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, init: str = "uniform", init_low: float = 0.005,
-                 init_high: float = 0.1, learn_lr: bool = True, seed=None, inner_lr: float = 0.0, **maml_options):
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, init: str = MetaSGDOptions.init,
+                 init_low: float = MetaSGDOptions.init_low, init_high: float = MetaSGDOptions.init_high,
+                 learn_lr: bool = MetaSGDOptions.learn_lr, seed=None, inner_lr: float = 0.0, **maml_options):
         if init not in ("uniform", "update_lr"):
             raise ValueError(f"init must be 'uniform' or 'update_lr'; got {init!r}.")
         self.init, self.init_low, self.init_high, self.learn_lr, self.seed = init, init_low, init_high, learn_lr, seed
@@ -50,9 +53,7 @@ class MetaSGD(MAML):
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
-        o = config.options
-        return dict(super().config_kwargs(config), init=o.init, init_low=o.init_low, init_high=o.init_high,
-                    learn_lr=o.learn_lr, seed=config.seed)
+        return dict(super().config_kwargs(config), **dataclasses.asdict(config.options), seed=config.seed)
 
     def build_meta_parameters(self) -> None:
         """One step size per adapted parameter."""

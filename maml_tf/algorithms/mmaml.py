@@ -57,6 +57,7 @@ import tensorflow as tf
 from maml_tf import networks
 from maml_tf.algorithms.base import cast_floats
 from maml_tf.algorithms.maml import MAML
+from maml_tf.algorithms.options import MMAMLOptions
 from maml_tf.batched import chain_layers
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, clipped_sgd
@@ -264,7 +265,8 @@ class MMAML(MAML):
     compiled_steps = MAML.compiled_steps + ("task_embedding",)
 
     def __init__(self, model: keras.Model, loss_fn: Callable, *, encoder: Optional[keras.Model] = None,
-                 inner_grad_clip: Optional[float] = 10.0, clip_norm: Optional[float] = 2.0, **maml_options):
+                 inner_grad_clip: Optional[float] = MMAMLOptions.inner_grad_clip,
+                 clip_norm: Optional[float] = MMAMLOptions.clip_norm, **maml_options):
         if not takes_argument(model, "condition"):
             raise ValueError(f"MMAML modulates the network: {type(model).__name__}.call must take a `condition` "
                              "argument (wrap a chain network in maml_tf.algorithms.mmaml.Modulated).")
@@ -282,7 +284,7 @@ class MMAML(MAML):
             network = networks.build_network(config)
         else:
             spec = config.datasource_spec
-            network = networks.build_fc(spec.input_shape, 1, spec.fc_hidden, config.norm,
+            network = networks.build_fc(spec.input_shape, 1, config.network_spec.fc_hidden, config.norm,
                                         dtype="mixed_float16" if config.mixed_precision else "float32",
                                         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
         return Modulated(network, config.options.modulation)

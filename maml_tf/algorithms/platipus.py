@@ -37,6 +37,7 @@ With `v_q -> 0`, `gamma_q = 0` and `kl_weight = 0` the objective is MAML's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 import keras
@@ -65,8 +66,9 @@ class PLATIPUS(EMAML):
     name = "platipus"
     not_distributable = PLATIPUSOptions.not_distributable
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, num_samples: int = 10, train_samples: int = 1,
-                 kl_weight: float = 1.0, init_log_std: float = -4.0, init_gamma: float = 0.01,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, num_samples: int = PLATIPUSOptions.num_samples,
+                 train_samples: int = PLATIPUSOptions.train_samples, kl_weight: float = PLATIPUSOptions.kl_weight,
+                 init_log_std: float = PLATIPUSOptions.init_log_std, init_gamma: float = PLATIPUSOptions.init_gamma,
                  seed: Optional[int] = None, **maml_options):
         if num_samples < 1 or train_samples < 1:
             raise ValueError(f"num_samples and train_samples must be at least 1; got {num_samples}, {train_samples}.")
@@ -78,10 +80,7 @@ class PLATIPUS(EMAML):
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
-        o = config.options
-        return dict(super(EMAML, cls).config_kwargs(config), num_samples=o.num_samples, seed=config.seed,
-                    train_samples=o.train_samples, kl_weight=o.kl_weight, init_log_std=o.init_log_std,
-                    init_gamma=o.init_gamma)
+        return dict(super(EMAML, cls).config_kwargs(config), **dataclasses.asdict(config.options), seed=config.seed)
 
     def build_meta_parameters(self) -> None:
         """log sigma_theta and log v_q per adapted weight, gamma_p and gamma_q."""

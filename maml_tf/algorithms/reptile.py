@@ -45,14 +45,16 @@ import keras
 import tensorflow as tf
 
 from maml_tf import losses
-from maml_tf.algorithms.options import ReptileOptions
 from maml_tf.algorithms.base import MetaLearner, TaskBatch
+from maml_tf.algorithms.options import ReptileOptions
 from maml_tf.core import params as P
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import adam, inner_step, inner_while_loop, sgd
 from maml_tf.core.outer import meta_gradient_chain, outer_update
 from maml_tf.core.transforms import Transform, chain, scale
 from maml_tf.core.transforms import weight_decay as decay_weights
+
+_O = ReptileOptions  # Its defaults are the options' (the authors' flags), declared there once.
 
 
 class InnerOptimizerState(tf.Module):
@@ -106,12 +108,14 @@ class Reptile(MetaLearner):
     objective_step = 0  # `total_losses2` holds one entry: after the inner loop.
     library_defaults = {"total_iterations": 1}
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, *, total_iterations: int, inner_lr: float = 1e-3,
-                 inner_batch_size: int = 5, inner_iters: int = 20, eval_inner_batch_size: int = 5,
-                 eval_inner_iters: int = 50, meta_step: float = 0.1, meta_step_final: float = 0.1,
-                 replacement: bool = False, sgd: bool = False, inner_beta1: float = 0.0,
-                 inner_beta2: float = 0.999, inner_epsilon: float = 1e-8, weight_decay: float = 1.0,
-                 transductive: bool = False, foml: bool = False, foml_tail: Optional[int] = None,
+    def __init__(self, model: keras.Model, loss_fn: Callable, *, total_iterations: int,
+                 inner_lr: float = _O.learning_rate, inner_batch_size: int = _O.inner_batch,
+                 inner_iters: int = _O.inner_iters, eval_inner_batch_size: int = _O.eval_batch,
+                 eval_inner_iters: int = _O.eval_iters, meta_step: float = _O.meta_step,
+                 meta_step_final: float = _O.meta_step_final, replacement: bool = _O.replacement, sgd: bool = _O.sgd,
+                 inner_beta1: float = 0.0, inner_beta2: float = 0.999, inner_epsilon: float = 1e-8,
+                 weight_decay: float = _O.weight_decay, transductive: bool = _O.transductive, foml: bool = _O.foml,
+                 foml_tail: Optional[int] = None,
                  adapt=None, metric_fn: Optional[Callable] = None, seed: int = 0, training: bool = True):
         if inner_iters < 1 or eval_inner_iters < 0 or inner_batch_size < 1 or eval_inner_batch_size < 1:
             raise ValueError("inner_iters and the inner batch sizes must be at least 1, eval_inner_iters at least 0.")

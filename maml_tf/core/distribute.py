@@ -104,13 +104,13 @@ def _reduce_results(strategy, results):
     return tf.nest.map_structure(reduce, results)
 
 
-def distribute(algo, strategy: tf.distribute.Strategy, steps: Sequence[str] = ("train_step", "pretrain_step")):
+def distribute(algo, strategy: tf.distribute.Strategy):
     """Makes `algo`'s compiled training steps run its meta-batches split across `strategy`'s replicas.
 
     `algo` (its model, meta-parameters and optimisers) must have been built
-    under `strategy.scope()`. Each of `steps` the algorithm has (`train_step`,
-    `pretrain_step`) takes the global meta-batch, as before; `evaluate` and the
-    others stay on one device.
+    under `strategy.scope()`. Its training steps (`MetaLearner.distributed_steps`)
+    take the global meta-batch, as before; `evaluate` and the others stay on
+    one device. The learner recompiles its steps (`MetaLearner.compile`).
     """
     if algo.not_distributable:
         raise ValueError(f"{algo.name} cannot be split across replicas: {algo.not_distributable}.")
@@ -121,17 +121,16 @@ def distribute(algo, strategy: tf.distribute.Strategy, steps: Sequence[str] = ("
             if opt is not None and hasattr(opt, "build") and not opt.built:
                 opt.build(algo.model.trainable_variables if optimizer == "pretrain_optimizer"
                           else algo.meta_variables)
-    for name in steps:
-        if hasattr(algo, "_" + name):
-            setattr(algo, name, tf.function(_replicated(strategy, getattr(algo, "_" + name)), autograph=False))
+    algo.compile(algo.jit_compile)
     return algo
 
 
-def _replicated(strategy, step):
-    def replicated(batch, *args):
+def replicated(strategy, step):
+    """`step(batch, *args)` run by every replica on its share of the global meta-batch, its results reduced."""
+    def run(batch, *args):
         return _reduce_results(strategy, strategy.run(step, args=(shard(strategy, batch), *args)))
 
-    return replicated
+    return run
 
 
 def _task() -> tuple:

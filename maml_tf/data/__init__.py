@@ -34,25 +34,19 @@ class Datasource:
       tasks: 'module:function' with `function(config, split, seed)` -> a task source.
       input_shape: one example's shape.
       classification: N-way classification (else regression, one output).
-      fc_hidden: hidden sizes of the fully connected network (`--conv=False`).
-      conv_head: 'mean' (spatial mean, Omniglot) or 'flatten' (MiniImagenet).
       test_num_updates: inner steps reported, in training and in testing.
       print_interval: iterations between progress lines in training.
       clip_value: elementwise meta-gradient clipping of MAML (None: none).
       train_query_per_class: query examples per class of training tasks (None: K).
-      needs_max_pool: the conv net's head assumes max-pooling.
     """
 
     tasks: str
     input_shape: Tuple[int, ...]
     classification: bool
-    fc_hidden: Tuple[int, ...] = (256, 128, 64, 64)
-    conv_head: str = "mean"
     test_num_updates: Tuple[int, int] = (10, 10)
     print_interval: int = 100
     clip_value: Optional[float] = None
     train_query_per_class: Optional[int] = None
-    needs_max_pool: bool = False
 
     def sampler(self):
         """The function named by `tasks` (imports its module: TensorFlow)."""
@@ -61,22 +55,20 @@ class Datasource:
 
 
 DATASOURCES: Dict[str, Datasource] = {
-    "sinusoid": Datasource("maml_tf.data.sinusoid:sinusoid_tasks", (1,), False, fc_hidden=(40, 40),
+    "sinusoid": Datasource("maml_tf.data.sinusoid:sinusoid_tasks", (1,), False,
                            test_num_updates=(5, 10), print_interval=1000),
-    # BMAML's sinusoids (frequency and phase in [0, 2 pi], 1% noise) with the authors' 3 x 40 network.
-    "bmaml_sinusoid": Datasource("maml_tf.data.regression:bmaml_sinusoid_tasks", (1,), False, fc_hidden=(40, 40, 40),
+    # BMAML's sinusoids (frequency and phase in [0, 2 pi], 1% noise).
+    "bmaml_sinusoid": Datasource("maml_tf.data.regression:bmaml_sinusoid_tasks", (1,), False,
                                  test_num_updates=(5, 10), print_interval=1000),
     # PLATIPUS's ambiguous regression: sines or lines, noise 0.3.
-    "sine_line": Datasource("maml_tf.data.regression:sine_line_tasks", (1,), False, fc_hidden=(40, 40),
+    "sine_line": Datasource("maml_tf.data.regression:sine_line_tasks", (1,), False,
                             test_num_updates=(5, 10), print_interval=1000),
-    # MMAML's multimodal regression (--num_modes of sinusoid, line, quadratic, tanh, l1-norm), noise 0.3, with the
-    # authors' 3 x 100 network.
+    # MMAML's multimodal regression (--num_modes of sinusoid, line, quadratic, tanh, l1-norm), noise 0.3.
     "multimodal_regression": Datasource("maml_tf.data.regression:multimodal_tasks", (1,), False,
-                                        fc_hidden=(100, 100, 100), test_num_updates=(5, 10), print_interval=1000),
+                                        test_num_updates=(5, 10), print_interval=1000),
     "omniglot": Datasource("maml_tf.data.omniglot:omniglot_tasks", (28, 28, 1), True),
     "miniimagenet": Datasource("maml_tf.data.miniimagenet:miniimagenet_tasks", (84, 84, 3), True,
-                               conv_head="flatten", test_num_updates=(1, 10), clip_value=10.0,
-                               train_query_per_class=15, needs_max_pool=True),
+                               test_num_updates=(1, 10), clip_value=10.0, train_query_per_class=15),
 }
 
 
