@@ -21,7 +21,6 @@ def c(*values):
 
 def test_parameter_arithmetic():
     a, b = [c(1.0, 2.0), c(3.0)], [c(5.0, -2.0), c(1.0)]
-    np.testing.assert_array_equal(P.interpolate(a, b, 0.25)[0], [2.0, 1.0])
     np.testing.assert_array_equal(P.axpy(2.0, a, b)[1], [7.0])
     np.testing.assert_array_equal(P.mean([a, b])[0], [3.0, 0.0])
     assert float(P.dot(a, b)) == 1 * 5 + 2 * -2 + 3 * 1

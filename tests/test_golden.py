@@ -124,15 +124,18 @@ def test_weights_and_adam_state_after_meta_steps(name):
     grad_tol = TOLERANCES["float64"][1]
     lr = config.meta_lr
     variables = algo.model.trainable_variables
+    # Keras' Adam lists its variables as the iteration, the learning rate, then each built variable's momentum and
+    # velocity in order (the model's trainable variables first: `MAML` builds it on `meta_variables`).
+    slots = [s for s in algo.optimizer.variables if s.path.endswith(("_momentum", "_velocity"))]
+    momentums, velocities = slots[0::2], slots[1::2]
+    assert all(m.path.endswith("_momentum") for m in momentums) and len(momentums) >= len(variables)
     for k in (1, 2, 3):
         algo.train_step(batch)
         if k == 2:
             continue
-        for n, v in zip(names, variables):
+        for n, v, m, vv in zip(names, variables, momentums, velocities):
             if pre_bn_bias(n, config):
                 continue
-            m, vv = algo.optimizer._momentums[algo.optimizer._get_variable_index(v)], \
-                algo.optimizer._velocities[algo.optimizer._get_variable_index(v)]
             # Adam's first step moves each weight by about lr * sign(g). Where |g| is within the error
             # of the meta-gradient its sign may flip (golden README): there allow 2*k*lr; by step 3 the
             # gradients are taken at weights that differ that way, so every element gets 2*k*lr.

@@ -254,18 +254,18 @@ class Reptile(MetaLearner):
         else:
             indices = self.minibatch_indices(num_tasks, pool, self.inner_batch_size, self.inner_iters)
             main, last = indices[:, :-1], indices[:, -1]
-        directions = P.zeros_like(theta)
+        directions = []
         results = {"loss1": [], "loss2": [], "metric1": [], "metric2": []}
         for task in range(num_tasks):  # In order: the inner optimiser state carries over.
             x, y = _task(batch.support_x, task), batch.support_y[task]
             before_last, state, _ = self.inner_loop(theta, state, x, y, main[task])
             phi, state, _ = self.inner_step(before_last, state, _gather(x, last[task]), tf.gather(y, last[task]))
             start = before_last if self.foml else theta
-            directions = P.add(directions, P.sub(phi, start))
+            directions.append(P.sub(phi, start))
             self._query_results(results, theta, phi, x, _task(batch.query_x, task), batch.query_y[task],
                                 transductive=True)
         self.inner_state.assign(state)
-        return [-d / num_tasks for d in directions], self._report(results)
+        return P.scale(-1.0, P.mean(directions)), self._report(results)
 
     def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
         """One meta-iteration: `theta <- theta - epsilon * meta_gradients` with the annealed epsilon.

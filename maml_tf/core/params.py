@@ -2,7 +2,8 @@
 
 Every function takes and returns lists aligned entry by entry (a model's
 weights, fast weights, gradients, step sizes), as `openai/supervised-reptile`'s
-`interpolate_vars`/`average_vars`/`subtract_vars`/`scale_vars`.
+`average_vars`/`subtract_vars`/`scale_vars` (its `interpolate_vars` step is the outer chain `scale(-epsilon)`
+of `maml_tf.core.transforms` applied to `-mean(phi - theta)`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ def scale(s, a: Sequence) -> list:
 def axpy(alpha, x: Sequence, y: Sequence) -> list:
     """`alpha * x + y`."""
     return [alpha * xi + yi for xi, yi in zip(x, y)]
-
-
-def interpolate(a: Sequence, b: Sequence, t) -> list:
-    """`a + t * (b - a)`: 0 gives `a`, 1 gives `b`."""
-    return [x + t * (y - x) for x, y in zip(a, b)]
 
 
 def mean(lists: Sequence[Sequence]) -> list:
