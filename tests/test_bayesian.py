@@ -247,8 +247,9 @@ def test_platipus_objective_adds_the_weighted_kl_of_q_and_p():
     for w in (0.0, 0.5):
         algo = PLATIPUS(clone(model), losses.mse, inner_lr=0.1, num_inner_steps=1, kl_weight=w, seed=3,
                         init_gamma=0.05)
-        with algo._sampling_from_q():  # Training: theta ~ q (the same draw for the same seed).
-            objectives[w] = float(algo.task_forward(TaskView(algo), algo.params(), tasks, 1, [0])["objective"])
+        # A meta-training pass: theta ~ q (the same draw for the same seed).
+        objectives[w] = float(algo.task_forward(TaskView(algo), algo.params(), tasks, 1, [0],
+                                                algo.phase_for(meta_training=True))["objective"])
     weights = algo.weights()
     mean_q = algo.gradient_step(weights, tasks.query_x, tasks.query_y, 0.05)
     mean_p = algo.gradient_step(weights, tasks.support_x, tasks.support_y, 0.05)

@@ -147,11 +147,12 @@ class MetaLearner:
 
     # ------------------------------------------------------- shared maths
     def forward(self, weights: Sequence, x, *, step=None, condition=None, differentiated_once: bool = False,
-                task_layout: bool = False):
+                task_layout: bool = False, training: Optional[bool] = None):
         """Model outputs with `weights` (`functional_call`, every forward pass of every algorithm);
         `condition`: the model's conditioning input (MMAML's modulations); low-precision outputs are cast to the
         variables' dtype (mixed precision)."""
-        outputs = functional_call(self.model, weights, x, training=self.training, step=step, condition=condition,
+        training = self.training if training is None else training
+        outputs = functional_call(self.model, weights, x, training=training, step=step, condition=condition,
                                   differentiated_once=differentiated_once, task_layout=task_layout)
         return cast_floats(outputs, self.dtype)
 

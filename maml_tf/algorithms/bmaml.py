@@ -56,7 +56,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf import networks
-from maml_tf.algorithms.maml import MAML, tf1_adam
+from maml_tf.algorithms.maml import MAML, Phase, tf1_adam
 from maml_tf.algorithms.options import BMAMLOptions, EMAMLOptions
 from maml_tf.core import params as P
 from maml_tf.core.execution import TaskView
@@ -122,10 +122,11 @@ class EMAML(MAML):
                                   for p in range(1, self.num_particles)])
             self.meta_parameters.add(f"particles_{i}", value)
 
-    def initial_particles(self, params: Sequence, support, query=None):
+    def initial_particles(self, params: Sequence, support, query=None, phase: Optional[Phase] = None):
         """`(particles, prior_term)`: the task's initial particle set, stacked `[M, ...]` (the network entries,
         the model's weights first, then the extra per-particle entries: BMAML's log-precisions), and a term
-        added to the meta-objective (PLATIPUS's KL; here 0). `support`, `query`: `(x, y)` (PLATIPUS reads them)."""
+        added to the meta-objective (PLATIPUS's KL; here 0). `support`, `query`: `(x, y)` (PLATIPUS reads them);
+        `phase`: a meta-training pass or not (None: not; PLATIPUS draws from its posterior in one)."""
         weights, own = self.unpack(params)
         n = len(weights)
         if self.num_particles == 1:
@@ -146,21 +147,23 @@ class EMAML(MAML):
 
     # ------------------------------------------------------------ per task
     def task_forward(self, view: TaskView, params: Sequence, tasks: TaskBatch, num_steps: int,
-                     query_steps: Sequence[int]) -> Dict[str, tf.Tensor]:
+                     query_steps: Sequence[int], phase: Optional[Phase] = None) -> Dict[str, tf.Tensor]:
         """MAML's per-task results for the particle set (outputs and losses are the ensemble's), and the
-        meta-objective when the chaser's steps ran (`num_steps >= num_inner_steps`)."""
+        meta-objective when the chaser's steps ran (`num_steps >= num_inner_steps`). `phase`: MAML's (default: a
+        meta-training pass's)."""
+        phase = self.phase_for(meta_training=True) if phase is None else phase
         pview, optimizer = self.particle_view(), self.particle_optimizer()
-        support, query = (tasks.support_x, tasks.support_y), (tasks.query_x, tasks.query_y)
-        particles, prior_term = self.initial_particles(params, support, query)
+        support, query = view.support(tasks), view.query(tasks)
+        particles, prior_term = self.initial_particles(params, support, query, phase)
         # The chaser's steps, then any further reported steps from where it stopped.
         n = min(num_steps, self.num_inner_steps)
         chaser = inner_loop(pview, particles, optimizer, support, n, query=query,
-                            query_steps=[k for k in query_steps if k < n], first_order=self.first_order)
+                            query_steps=[k for k in query_steps if k < n], first_order=phase.first_order)
         query_outputs = dict(chaser.query_outputs)
         if num_steps > n:
             rest = inner_loop(pview, chaser.weights, optimizer, support, num_steps - n, query=query,
                               query_steps=[k - n for k in query_steps if k >= n], state=chaser.state,
-                              first_order=self.first_order)
+                              first_order=phase.first_order)
             query_outputs.update({k + n: o for k, o in rest.query_outputs.items()})
         support_prediction = pview.prediction(chaser.support_outputs)
         query_predictions = {k: pview.prediction(o) for k, o in query_outputs.items()}

@@ -18,7 +18,7 @@ and how the tasks are run (`maml_tf.core.execution`), is shared.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -29,6 +29,24 @@ from maml_tf.core.execution import Execution, TaskView
 from maml_tf.core.inner import (InnerOptimizer, Trajectory, inner_loop, inner_step, recomputed_gradient, sgd,
                                 stack_steps)
 from maml_tf.core.outer import outer_update
+
+
+class Phase(NamedTuple):
+    """What one traced computation of the gradient-based family is built with: a value given to it, never an
+    attribute flipped while tracing (MAML++'s schedules pick one per epoch; evaluation has its own).
+
+    first_order: stop the gradient through the inner gradients.
+    objective_weights: the meta-objective's weights over the inner steps (a list, or a tensor that changes
+      every iteration: MAML++'s multi-step loss).
+    training: Keras' training flag of every forward pass (MAML++'s non-transductive evaluation: False).
+    meta_training: a pass of meta-training, not an evaluation (PLATIPUS then draws from q; MAML++ collects the
+      batch moments for its running statistics).
+    """
+
+    first_order: bool
+    objective_weights: object
+    training: bool
+    meta_training: bool
 
 
 def tf1_adam(learning_rate: float) -> keras.optimizers.Optimizer:
@@ -131,6 +149,10 @@ class MAML(MetaLearner):
         """The meta-objective's weights over the inner steps (MAML: the last step only)."""
         return objective.last_step(self.num_inner_steps)
 
+    def phase_for(self, meta_training: bool) -> Phase:
+        """The phase of a meta-training pass or of an evaluation (MAML: its options, the same in both)."""
+        return Phase(self.first_order, self.objective_weights(), self.training, meta_training)
+
     def objective_term(self, view: TaskView, trajectory, tasks, own: Sequence):
         """A per-task term added to the meta-objective, from the inner loop's `trajectory`, where
         `has_objective_term` (LLAMA: eta/2 times the log-determinant of the curvature at the adapted weights)."""
@@ -141,7 +163,7 @@ class MAML(MetaLearner):
         its encoder computes from the support set); MAML: `view`."""
         return view
 
-    def extra_task_outputs(self) -> tuple:
+    def extra_task_outputs(self, phase: Phase) -> tuple:
         """Keys of `task_forward`'s results kept per task besides MAML's (MAML++: the batch moments)."""
         return ()
 
@@ -166,7 +188,8 @@ class MAML(MetaLearner):
 
     # ------------------------------------------------------------- per task
     def task_forward(self, view: TaskView, params: Sequence, tasks: TaskBatch, num_steps: int,
-                     query_steps: Sequence[int], own_gradient: bool = False) -> Dict[str, tf.Tensor]:
+                     query_steps: Sequence[int], phase: Optional[Phase] = None,
+                     own_gradient: bool = False) -> Dict[str, tf.Tensor]:
         """The original `task_metalearn`: adaptation and the query loss after each of `query_steps`.
 
         Written once for every backend: `tasks` is one task (`tf.map_fn`) or
@@ -177,18 +200,22 @@ class MAML(MetaLearner):
         `objective` (and `support_metric`, `query_metrics` with a metric);
         with `own_gradient`, also `grads`, the objective's gradient with respect
         to `params` by recomputing the inner steps (`recompute_inner_steps`).
+        `phase`: the derivative order, objective weights and training flag it is built with (default: a
+        meta-training pass's).
         """
+        phase = self.phase_for(meta_training=True) if phase is None else phase
         weights, own = self.unpack(params)
         support, query = view.support(tasks), view.query(tasks)
+        view = view.with_training(phase.training)
         base_view, view = view, self.task_view(view, support, own)
         trajectory = inner_loop(view, view.layout(weights), self.inner_optimizer(view, own), support, num_steps,
-                                query=query, query_steps=query_steps, first_order=self.first_order,
+                                query=query, query_steps=query_steps, first_order=phase.first_order,
                                 keep_weights=own_gradient)
         axis = 1 if view.batched else 0  # The step axis follows the task axis.
         out = {"support_outputs": trajectory.support_outputs, "support_loss": trajectory.support_loss,
                "query_outputs": stack_steps(trajectory.query_outputs, axis),
                "query_losses": stack_steps(trajectory.query_losses, axis)}
-        weights_over_steps = self.objective_weights()
+        weights_over_steps = phase.objective_weights
         if set(objective.steps_needed(weights_over_steps)) <= set(trajectory.query_losses):  # Not in short evaluations.
             out["objective"] = objective.combine(trajectory.query_losses, weights_over_steps)
             if self.has_objective_term:
@@ -196,20 +223,21 @@ class MAML(MetaLearner):
                 out["objective"] += term
                 out["objective_term"] = term
             if own_gradient:
-                out["grads"] = self.recomputed_meta_gradient(base_view, params, tasks, trajectory.history)
+                out["grads"] = self.recomputed_meta_gradient(base_view, params, tasks, trajectory.history, phase)
         if self.metric_fn is not None:
             out["support_metric"] = view.metric(trajectory.support_outputs, support)
             out["query_metrics"] = stack_steps({k: view.metric(o, query)
                                                 for k, o in trajectory.query_outputs.items()}, axis)
         return out
 
-    def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks, history: Sequence) -> list:
+    def recomputed_meta_gradient(self, view: TaskView, params: Sequence, tasks, history: Sequence,
+                                 phase: Phase) -> list:
         """`task_forward`'s objective differentiated with respect to `params` by recomputing the inner steps of
         `history` one at a time in the backward pass (`maml_tf.core.inner.recomputed_gradient`). Everything a
         step depends on (the task's view, the inner optimiser, the algorithm's own meta-parameters) is rebuilt
         from `params` inside the step's tape, so that their gradients flow. The inner optimisers of the
         algorithms that allow it are stateless (SGD with fixed or learned step sizes)."""
-        weights_over_steps = self.objective_weights()
+        weights_over_steps = phase.objective_weights
         needed = objective.steps_needed(weights_over_steps)
         has_term = self.has_objective_term
         last = max(needed + [self.objective_step] * has_term)
@@ -220,7 +248,7 @@ class MAML(MetaLearner):
             view_k = self.task_view(view, support, own)
             optimizer = self.inner_optimizer(view_k, own)
             new = inner_step(view_k, w, optimizer, optimizer.init(view_k.split.adapted(w)), support, k,
-                             first_order=self.first_order)[2]
+                             first_order=phase.first_order)[2]
             terms = []
             if k in needed:
                 terms.append(tf.cast(weights_over_steps[k], self.dtype) * view_k.query_loss(new, query, k)[1])
@@ -257,7 +285,7 @@ class MAML(MetaLearner):
 
     # ------------------------------------------------------------ meta-batch
     def batch_forward(self, params: Sequence, batch: TaskBatch, num_steps: Optional[int],
-                      with_gradients: bool = False) -> Dict[str, tf.Tensor]:
+                      with_gradients: bool = False, phase: Optional[Phase] = None) -> Dict[str, tf.Tensor]:
         """`task_forward` for every task of a meta-batch, and the totals.
 
         The backend (`self.execution`) runs the tasks at once when the model
@@ -273,16 +301,18 @@ class MAML(MetaLearner):
         `total_loss1` and the `objective_loss` (`objective_metric`) but no
         per-step `total_losses2`. An algorithm with an `objective_term`
         (LLAMA) also returns it per task and its mean, `total_objective_term`.
+        `phase` defaults to a meta-training pass's with gradients, an evaluation's without.
         """
         batch = self.task_view_class.check(batch)
+        phase = self.phase_for(meta_training=with_gradients) if phase is None else phase
         lean = num_steps is None
         num_steps = self.num_inner_steps if lean else num_steps
-        needed = objective.steps_needed(self.objective_weights())
+        needed = objective.steps_needed(phase.objective_weights)
         query_steps = sorted(set(needed + [self.objective_step])) if lean else list(range(num_steps))
         keys = ["support_loss", "query_losses"]
         keys += ["support_outputs", "query_outputs"] if self.return_outputs else []
         keys += ["support_metric", "query_metrics"] if self.metric_fn is not None else []
-        keys += list(self.extra_task_outputs())
+        keys += list(self.extra_task_outputs(phase))
         # The algorithm's own objective term (LLAMA's), where the objective's steps run.
         term = self.has_objective_term and set(needed) <= set(query_steps)
         keys += ["objective_term"] if term else []
@@ -291,8 +321,8 @@ class MAML(MetaLearner):
 
         def task_fn(view, p, tasks):
             if own_gradient:
-                return self.task_forward(view, p, tasks, num_steps, query_steps, own_gradient=True)
-            return self.task_forward(view, p, tasks, num_steps, query_steps)  # A variant's may not take it (EMAML).
+                return self.task_forward(view, p, tasks, num_steps, query_steps, phase, own_gradient=True)
+            return self.task_forward(view, p, tasks, num_steps, query_steps, phase)  # EMAML's takes no own_gradient.
 
         per_task = backend.run(self, task_fn, list(params), batch, keys + ["grads"] * own_gradient,
                                with_gradients and not own_gradient)
@@ -310,7 +340,8 @@ class MAML(MetaLearner):
             per_task.pop("total_accuracies2", None)
         return per_task
 
-    def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None):
+    def meta_gradients(self, batch: TaskBatch, weights: Optional[Sequence] = None, num_steps: Optional[int] = None,
+                       phase: Optional[Phase] = None):
         """Meta-gradient of the mean meta-objective (MAML: the query loss after `num_inner_steps` steps).
 
         Args:
@@ -319,23 +350,24 @@ class MAML(MetaLearner):
             (default: their current values).
           num_steps: inner steps to build and report (>= num_inner_steps);
             default: only what the meta-objective needs (see `batch_forward`).
+          phase: what it is built with (default: a meta-training pass's, `phase_for(True)`).
 
         Returns:
           `(gradients, results)`: unclipped gradients aligned with
           `meta_variables`, and the `batch_forward` results.
         """
         params = self.params() if weights is None else list(weights)
-        results = self.batch_forward(params, batch, num_steps, with_gradients=True)
+        results = self.batch_forward(params, batch, num_steps, with_gradients=True, phase=phase)
         return results.pop("grads"), results
 
-    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None):
+    def _train_step(self, batch: TaskBatch, num_steps: Optional[int] = None, phase: Optional[Phase] = None):
         """One meta-update (the original `metatrain_op`). Returns the batch results.
 
         `num_steps` (a Python int) builds and reports that many steps
         (`total_losses2`); by default only what the update needs runs, and the
         results hold `objective_loss` (see `batch_forward`). The update is the same.
         """
-        grads, results = self.meta_gradients(batch, num_steps=num_steps)
+        grads, results = self.meta_gradients(batch, num_steps=num_steps, phase=phase)
         results.update(self.outer_step(grads, self.optimizer))
         if self.update_moving_statistics:
             refresh_statistics(self.model, TaskBatch(*batch).support_x, self.training)

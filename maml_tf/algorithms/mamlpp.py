@@ -51,7 +51,6 @@ Deliberate differences:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Callable, Sequence
@@ -60,7 +59,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf import losses, networks
-from maml_tf.algorithms.maml import MAML, tf1_adam
+from maml_tf.algorithms.maml import MAML, Phase, tf1_adam
 from maml_tf.algorithms.options import MAMLPPOptions
 from maml_tf.core import objective
 from maml_tf.replicas import assign, gather_tasks
@@ -106,7 +105,6 @@ class MAMLPlusPlus(MAML):
         self.iterations_per_epoch, self.transductive = int(iterations_per_epoch), bool(transductive)
         self.norms = [layer for layer in model._flatten_layers(include_self=False)
                       if isinstance(layer, PerStepBatchNorm)]
-        self._phase = None  # (second order, multi-step loss) while a train step is traced.
         self._moment_rows = []
         if cosine_annealing and maml_options.get("optimizer") is None:
             maml_options["optimizer"] = tf1_adam(CosineAnnealing(meta_lr, min_meta_lr, total_epochs,
@@ -159,14 +157,26 @@ class MAMLPlusPlus(MAML):
         sizes = own if self.lslr else [tf.convert_to_tensor(v) for v in self.step_sizes]
         return learned_sgd(sizes, per_step=True)  # Per-layer sizes: the same tensors in any layout.
 
-    def objective_weights(self):
-        if self._phase is not None and self._phase[1]:
-            return tf.cast(objective.multi_step_loss_weights(self.epoch_tensor(), self.num_inner_steps,
-                                                             self.msl_epochs), self.dtype)
-        return objective.last_step(self.num_inner_steps)
+    def phase_at(self, schedule: tuple) -> Phase:
+        """The meta-training phase of `schedule`, `(second order, multi-step loss)` (`phase`): the multi-step loss's
+        weights are this epoch's (a tensor of the update counter)."""
+        second_order, msl = schedule
+        weights = objective.last_step(self.num_inner_steps)
+        if msl:
+            weights = tf.cast(objective.multi_step_loss_weights(self.epoch_tensor(), self.num_inner_steps,
+                                                                self.msl_epochs), self.dtype)
+        return Phase(not second_order, weights, self.training, meta_training=True)
 
-    def extra_task_outputs(self) -> tuple:
-        return ("moments",) if self.norms and self._phase is not None else ()
+    def phase_for(self, meta_training: bool) -> Phase:
+        """A meta-training pass: this epoch's phase; an evaluation: the last step's loss, with the batch statistics
+        (transductive, the authors') or the per-step running statistics (`training=False`)."""
+        if meta_training:
+            return self.phase_at(self.phase(self.epoch()))
+        return Phase(self.first_order, objective.last_step(self.num_inner_steps), self.training and self.transductive,
+                     meta_training=False)
+
+    def extra_task_outputs(self, phase: Phase) -> tuple:
+        return ("moments",) if self.norms and phase.meta_training else ()
 
     # --------------------------------------------------------------- epochs
     def epoch(self) -> int:
@@ -179,34 +189,24 @@ class MAMLPlusPlus(MAML):
         """`(second order, multi-step loss)` at `epoch`."""
         return not self.first_order and epoch > self.da_epoch, self.msl and epoch < self.msl_epochs
 
-    @contextlib.contextmanager
-    def _tracing(self, phase: tuple):
-        saved = self._phase, self.first_order
-        self._phase, self.first_order = phase, not phase[0]
-        try:
-            yield
-        finally:
-            self._phase, self.first_order = saved
-
     # ---------------------------------------------------------- training
     def compiled_step(self, name: str):
         return PhasedStep(self) if name == "train_step" else super().compiled_step(name)
 
-    def _phase_step(self, phase, batch, num_steps=None):
-        with self._tracing(phase):
-            return self._train_step(batch, num_steps)
+    def _phase_step(self, schedule, batch, num_steps=None):
+        return self._train_step(batch, num_steps, phase=self.phase_at(schedule))
 
-    def meta_gradients(self, batch, weights=None, num_steps=None):
-        """MAML's meta-gradient with this epoch's objective and derivative order; updates the running
-        statistics from the batch moments (these are training passes)."""
-        if self._phase is None:  # Traced outside `train_step` (MetaModel.fit): the epoch decides in the graph.
+    def meta_gradients(self, batch, weights=None, num_steps=None, phase=None):
+        """MAML's meta-gradient in `phase`; updates the running statistics from the batch moments (a meta-training
+        pass). Without a phase (traced once for every epoch: `MetaModel.fit`), the epoch chooses the derivative
+        order in the graph, with the multi-step loss's weights of the epoch."""
+        if phase is None:
             def at(second_order):
-                with self._tracing((second_order, self.msl)):
-                    return self.meta_gradients(batch, weights, num_steps)
+                return self.meta_gradients(batch, weights, num_steps, self.phase_at((second_order, self.msl)))
             if self.first_order or self.da_epoch < 0:
                 return at(not self.first_order)
             return tf.cond(self.epoch_tensor() > self.da_epoch, lambda: at(True), lambda: at(False))
-        grads, results = super().meta_gradients(batch, weights, num_steps)
+        grads, results = super().meta_gradients(batch, weights, num_steps, phase)
         if "moments" in results:
             self._update_statistics(results.pop("moments"))
         return grads, results
@@ -218,11 +218,12 @@ class MAMLPlusPlus(MAML):
         return results
 
     # ----------------------------------------------- running statistics
-    def task_forward(self, view, params, tasks, num_steps, query_steps, own_gradient=False):
-        if "moments" not in self.extra_task_outputs():
-            return super().task_forward(view, params, tasks, num_steps, query_steps, own_gradient)
+    def task_forward(self, view, params, tasks, num_steps, query_steps, phase=None, own_gradient=False):
+        phase = self.phase_for(meta_training=True) if phase is None else phase
+        if "moments" not in self.extra_task_outputs(phase):
+            return super().task_forward(view, params, tasks, num_steps, query_steps, phase, own_gradient)
         with collect_moments() as records:
-            out = super().task_forward(view, params, tasks, num_steps, query_steps, own_gradient)
+            out = super().task_forward(view, params, tasks, num_steps, query_steps, phase, own_gradient)
         # One row per (layer, statistics index) seen: the mean over its passes of the batch moments.
         rows = {}
         for layer, k, mean, var in records:
@@ -253,14 +254,6 @@ class MAMLPlusPlus(MAML):
         for layer, rows in updates.values():
             layer.update_statistics(rows)
 
-    def _evaluate(self, batch, num_steps: int):
-        if self.transductive:
-            return super()._evaluate(batch, num_steps)
-        training, self.training = self.training, False  # Traced inside: every pass uses the running statistics.
-        try:
-            return super()._evaluate(batch, num_steps)
-        finally:
-            self.training = training
 
 
 class PhasedStep:

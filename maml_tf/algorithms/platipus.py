@@ -36,7 +36,6 @@ With `v_q -> 0`, `gamma_q = 0` and `kl_weight = 0` the objective is MAML's
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Callable, Optional, Sequence
 
@@ -75,7 +74,6 @@ class PLATIPUS(EMAML):
         self.num_samples, self.train_samples = int(num_samples), int(train_samples)
         self.kl_weight, self.init_log_std, self.init_gamma = float(kl_weight), float(init_log_std), float(init_gamma)
         self.rng = tf.random.Generator.from_seed(seed or 0)
-        self._training_pass = False
         super().__init__(model, loss_fn, num_particles=1, seed=seed, **maml_options)
 
     @classmethod
@@ -95,19 +93,6 @@ class PLATIPUS(EMAML):
     def _checkpoint_objects(self) -> dict:
         return {**super()._checkpoint_objects(), "sampler": self.rng}
 
-    @contextlib.contextmanager
-    def _sampling_from_q(self):
-        """Traced inside: the task's weights are drawn from q (training) instead of p (inference)."""
-        self._training_pass = True
-        try:
-            yield
-        finally:
-            self._training_pass = False
-
-    def meta_gradients(self, batch, weights=None, num_steps=None):
-        with self._sampling_from_q():
-            return super().meta_gradients(batch, weights, num_steps)
-
     # ------------------------------------------------------------ per task
     def gradient_step(self, weights: Sequence, x, y, step_size) -> list:
         """`mu - step_size * grad_mu L(mu; x, y)` over the adapted weights (differentiable: second order unless
@@ -121,13 +106,13 @@ class PLATIPUS(EMAML):
             grads = [tf.stop_gradient(g) for g in grads]
         return [m - step_size * g for m, g in zip(mu, grads)]
 
-    def initial_particles(self, params: Sequence, support, query=None):
-        """Draws from q (training; with the KL term) or p (inference; `num_samples` draws), as full weight
-        lists stacked `[S, ...]` (the weights that are not adapted, tiled)."""
+    def initial_particles(self, params: Sequence, support, query=None, phase=None):
+        """Draws from q (a meta-training pass; with the KL term) or p (inference; `num_samples` draws), as full
+        weight lists stacked `[S, ...]` (the weights that are not adapted, tiled)."""
         weights, own = self.unpack(params)
         k = len(self.split.adapted_indices)
         log_sigma, log_v_q, (gamma_p, gamma_q) = own[:k], own[k:2 * k], own[2 * k:]
-        if self._training_pass:
+        if phase is not None and phase.meta_training:
             mean_q = self.gradient_step(weights, *query, gamma_q)
             theta = gaussian.sample(mean_q, log_v_q, self.train_samples, self.rng)
             prior_term = 0.0  # At a KL weight of 0, not computed (variances of 0 would make it inf * 0).

@@ -84,6 +84,7 @@ class TaskView:
     """
 
     condition = None  # The model's conditioning input for this task (`with_condition`).
+    training = None  # Keras' training flag of its forward passes (`with_training`; None: the learner's).
 
     def __init__(self, learner, network: Optional[TaskBatchedNetwork] = None, num_tasks=None):
         self.learner, self.network, self.num_tasks = learner, network, num_tasks
@@ -110,10 +111,17 @@ class TaskView:
         view.condition = condition
         return view
 
+    def with_training(self, training: Optional[bool]) -> "TaskView":
+        """This view, with every forward pass given Keras' `training` flag (MAML's `Phase.training`)."""
+        view = copy.copy(self)
+        view.training = training
+        return view
+
     def forward(self, weights: Sequence, x, *, step=None, differentiated_once: bool = False):
         """Outputs of the model with `weights` on `x` (`MetaLearner.forward`, in this view's layout)."""
         return self.learner.forward(weights, x, step=step, condition=self.condition,
-                                    differentiated_once=differentiated_once, task_layout=self.batched)
+                                    differentiated_once=differentiated_once, task_layout=self.batched,
+                                    training=self.training)
 
     def loss(self, outputs, labels):
         """The task loss: a scalar, or `[tasks]` in task layout."""
