@@ -267,6 +267,7 @@ class MetaModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        algorithms.get(config["algorithm"])  # Its module registers the layers its networks use (MAML++'s).
         model = keras.saving.deserialize_keras_object(config.pop("model"))
         loss = config.pop("loss")
         loss = loss if isinstance(loss, str) else keras.saving.deserialize_keras_object(loss)

@@ -142,6 +142,7 @@ class Config:
         if entry is not None:
             mine = {k[len(entry.prefix) + 1:]: kwargs.pop(k) for k in list(kwargs) if k.startswith(entry.prefix + "_")}
             options = options or entry.options(**mine)
+            options.flag_prefix = entry.prefix  # The registry supplies the flags' prefix.
         prefixes = tuple(e.prefix + "_" for e in algorithms.ALGORITHMS.values())
         unknown = [k for k in kwargs if not k.startswith(prefixes)]
         if unknown:

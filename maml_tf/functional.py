@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from maml_tf import networks
 from maml_tf.batched import TaskBatchedNetwork
-from maml_tf.networks import NORMALIZATION_LAYERS
 
 
 def check_weights(model: keras.Model, weights: Sequence) -> None:
@@ -132,7 +131,7 @@ def current_non_trainable(model: keras.Model, fresh_seeds: bool = True) -> list:
 def _is_normalization_variable(model: keras.Model) -> Callable:
     owned = set()
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, NORMALIZATION_LAYERS):
+        if networks.is_normalization(layer):
             owned.update(id(v) for v in layer.trainable_variables)
     return lambda v: id(v) in owned
 

@@ -41,6 +41,12 @@ class AlgorithmOptions:
     # `maml_tf.compare`.
     original: ClassVar[bool] = False
 
+    flag_prefix = ""  # The registry's prefix of its flags (`Config` sets it): `flag(name)` is the flag's name.
+
+    def flag(self, name: str) -> str:
+        """`--<prefix>_<name>`, the flag of the option `name`."""
+        return f"--{self.flag_prefix}_{name}"
+
     def validate(self, config) -> None:
         """Raises `ConfigError` for values that cannot run with `config`."""
 
@@ -69,16 +75,16 @@ class AlgorithmOptions:
         return None
 
 
-def check_choices(options, prefix: str) -> None:
+def check_choices(options) -> None:
     """Raises `ConfigError` for a string field outside its declared choices."""
     for f in dataclasses.fields(options):
         choices, value = f.metadata.get("choices"), getattr(options, f.name)
         if choices and value not in choices:
-            raise ConfigError(f"--{prefix}_{f.name} must be one of {', '.join(choices)}; got {value!r}.")
+            raise ConfigError(f"{options.flag(f.name)} must be one of {', '.join(choices)}; got {value!r}.")
 
 
-def at_least(options, prefix: str, minimum, *names: str) -> None:
+def at_least(options, minimum, *names: str) -> None:
     """Raises `ConfigError` unless each of `names` is at least `minimum`."""
     for name in names:
         if getattr(options, name) < minimum:
-            raise ConfigError(f"--{prefix}_{name} must be at least {minimum}; got {getattr(options, name)}.")
+            raise ConfigError(f"{options.flag(name)} must be at least {minimum}; got {getattr(options, name)}.")

@@ -16,7 +16,7 @@ from maml_tf.config import Config
 from maml_tf.core import objective
 from maml_tf.core.outer import CosineAnnealing, cosine_annealing
 from maml_tf.functional import functional_call
-from maml_tf.networks import PerStepBatchNorm, PerStepNetwork, collect_moments
+from maml_tf.algorithms.mamlpp_network import PerStepBatchNorm, PerStepNetwork, collect_moments
 from maml_tf.training.progress import Progress
 from tests.conftest import shared_path
 from tests.test_meta_sgd_anil import batch64, fc64

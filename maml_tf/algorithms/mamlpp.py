@@ -13,7 +13,7 @@ template, switchable on its own:
 - DA (`first_order_to_second_order_epoch`): first-order meta-gradients up to
   and including that epoch, second-order after (-1, the authors' configs:
   second order throughout).
-- BNRS, BNWB: the network's `PerStepBatchNorm` layers (`networks.PerStepNetwork`,
+- BNRS, BNWB: the network's `PerStepBatchNorm` layers (`mamlpp_network.PerStepNetwork`,
   built by `build_model`): running statistics and scale/offset per inner step.
 - LSLR (`lslr`): one meta-learned inner step size per adapted weight tensor and
   inner step (`core.inner.learned_sgd(per_step=True)`), initialised to
@@ -66,13 +66,13 @@ from maml_tf.replicas import assign, gather_tasks
 from maml_tf.core.execution import TaskView
 from maml_tf.core.inner import InnerOptimizer, learned_sgd
 from maml_tf.core.outer import CosineAnnealing
-from maml_tf.networks import PerStepBatchNorm, collect_moments
+from maml_tf.algorithms.mamlpp_network import PerStepBatchNorm, PerStepNetwork, collect_moments
 
 
 _O = MAMLPPOptions  # Its defaults are the options' (the authors' configs), declared there once.
 
 class MAMLPlusPlus(MAML):
-    """MAML++ on a Keras model (per-step batch norm needs `networks.PerStepNetwork`'s layers).
+    """MAML++ on a Keras model (per-step batch norm needs `mamlpp_network.PerStepNetwork`'s layers).
 
     Args:
       model, loss_fn: as `MAML`.
@@ -125,13 +125,13 @@ class MAMLPlusPlus(MAML):
 
     @classmethod
     def build_model(cls, config) -> keras.Model:
-        """The authors' network for `config` (`networks.PerStepNetwork`): 4 conv stages of 64 filters
+        """The authors' network for `config` (`mamlpp_network.PerStepNetwork`): 4 conv stages of 64 filters
         (MiniImagenet: 48) with max-pooling, or the original fc net's widths for regression."""
         o = config.options
         conv = config.classification and config.conv
         filters = o.filters or (48 if config.datasource == "miniimagenet" else 64)
         widths = [filters] * 4 if conv else list(config.network_spec.fc_hidden)
-        return networks.PerStepNetwork(
+        return PerStepNetwork(
             networks.input_shape(config), config.num_ways, widths,
             config.num_updates, conv=conv, norm=config.norm == "batch_norm", per_step_weights=o.bnwb,
             per_step_statistics=o.bnrs, dtype="mixed_float16" if config.mixed_precision else None)

@@ -59,16 +59,16 @@ class ReptileOptions(AlgorithmOptions):
     foml_tail: int = option(0, "FOML: shots per class held out for the last inner step (0: none).")
 
     def validate(self, config) -> None:
-        at_least(self, "reptile", 1, "inner_batch", "inner_iters", "eval_batch")
-        at_least(self, "reptile", 0, "train_shots", "eval_iters", "foml_tail")
+        at_least(self, 1, "inner_batch", "inner_iters", "eval_batch")
+        at_least(self, 0, "train_shots", "eval_iters", "foml_tail")
         if self.foml_tail and not self.foml:
-            raise ConfigError("--reptile_foml_tail needs --reptile_foml=True.")
+            raise ConfigError(f"{self.flag('foml_tail')} needs {self.flag('foml')}=True.")
         shots = config.support_per_class("train")
         if self.foml_tail >= shots:
-            raise ConfigError(f"--reptile_foml_tail={self.foml_tail} must be smaller than the training shots "
-                              f"({shots}, --reptile_train_shots).")
+            raise ConfigError(f"{self.flag('foml_tail')}={self.foml_tail} must be smaller than the training shots "
+                              f"({shots}, {self.flag('train_shots')}).")
         if self.replacement and self.inner_batch > shots * config.num_ways:
-            raise ConfigError(f"--reptile_inner_batch={self.inner_batch} is larger than a training task "
+            raise ConfigError(f"{self.flag('inner_batch')}={self.inner_batch} is larger than a training task "
                               f"({shots * config.num_ways} examples); mini-batches with replacement must fit.")
 
     def training_shots(self, config) -> Optional[int]:
@@ -106,11 +106,11 @@ class IMAMLOptions(AlgorithmOptions):
     hf_cg_steps: int = option(5, "CG steps per Newton iteration (hessian_free).")
 
     def validate(self, config) -> None:
-        check_choices(self, "imaml")
+        check_choices(self)
         if not self.lam > 0:
-            raise ConfigError(f"--imaml_lam must be positive; got {self.lam}.")
-        at_least(self, "imaml", 0, "n_steps", "cg_steps")
-        at_least(self, "imaml", 1, "hf_cg_steps")
+            raise ConfigError(f"{self.flag('lam')} must be positive; got {self.lam}.")
+        at_least(self, 0, "n_steps", "cg_steps")
+        at_least(self, 1, "hf_cg_steps")
 
     def exp_suffix(self, config) -> str:
         return (f".{self.solver}.lam{self.lam:g}.n{self.n_steps}"
@@ -132,9 +132,9 @@ class MetaSGDOptions(AlgorithmOptions):
     learn_lr: bool = option(True, "meta-learn the step sizes (False: frozen at their initial values).")
 
     def validate(self, config) -> None:
-        check_choices(self, "metasgd")
+        check_choices(self)
         if not 0 <= self.init_low <= self.init_high:
-            raise ConfigError(f"Need 0 <= --metasgd_init_low <= --metasgd_init_high; got {self.init_low}, "
+            raise ConfigError(f"Need 0 <= {self.flag('init_low')} <= {self.flag('init_high')}; got {self.init_low}, "
                               f"{self.init_high}.")
 
     def exp_suffix(self, config) -> str:
@@ -153,7 +153,7 @@ class ANILOptions(AlgorithmOptions):
                                  "(the paper: 1, the final layer).")
 
     def validate(self, config) -> None:
-        at_least(self, "anil", 1, "head_layers")
+        at_least(self, 1, "head_layers")
 
     def exp_suffix(self, config) -> str:
         return f".head{self.head_layers}"
@@ -191,10 +191,10 @@ class MAMLPPOptions(AlgorithmOptions):
     filters: int = option(0, "conv filters per stage (0: the authors' 64 for Omniglot, 48 for MiniImagenet).")
 
     def validate(self, config) -> None:
-        at_least(self, "mamlpp", 1, "multi_step_loss_num_epochs")
-        at_least(self, "mamlpp", 0, "filters")
+        at_least(self, 1, "multi_step_loss_num_epochs")
+        at_least(self, 0, "filters")
         if not self.init_inner_lr > 0:
-            raise ConfigError(f"--mamlpp_init_inner_lr must be positive; got {self.init_inner_lr}.")
+            raise ConfigError(f"{self.flag('init_inner_lr')} must be positive; got {self.init_inner_lr}.")
         if config.norm == "layer_norm":
             raise ConfigError("MAML++'s network has per-step batch norm: use --norm=batch_norm or --norm=None.")
 
@@ -226,10 +226,8 @@ class EMAMLOptions(AlgorithmOptions):
     lr_decay: bool = option(True, "decay the meta step size by 0.98 every 1% of --metatrain_iterations, as the "
                                   "authors.")
 
-    prefix: ClassVar[str] = "emaml"
-
     def validate(self, config) -> None:
-        at_least(self, self.prefix, 1, "num_particles")
+        at_least(self, 1, "num_particles")
 
     def exp_suffix(self, config) -> str:
         return f".m{self.num_particles}" + ("" if self.lr_decay else ".nodecay")
@@ -240,8 +238,6 @@ class BMAMLOptions(EMAMLOptions):
     """BMAML (Yoon et al. 2018), `jsikyoon/bmaml`'s `bmaml_main.py` defaults. Shared: --num_updates (the
     chaser's SVGD steps, follow_step: 1), --update_lr (SVGD step size, follow_lr: 1e-3), --meta_lr (1e-3),
     --meta_batch_size (num_tasks: 10), --stop_grad."""
-
-    prefix: ClassVar[str] = "bmaml"
 
     leader_steps: int = option(1, "the leader's SVGD steps after the chaser's, on support and query together.")
     repulsion: float = option(1.0, "scale of SVGD's repulsive (kernel gradient) term: 1 is exact SVGD; the authors' "
@@ -255,11 +251,11 @@ class BMAMLOptions(EMAMLOptions):
 
     def validate(self, config) -> None:
         super().validate(config)
-        at_least(self, "bmaml", 1, "leader_steps")
-        at_least(self, "bmaml", 0, "repulsion", "bandwidth")
+        at_least(self, 1, "leader_steps")
+        at_least(self, 0, "repulsion", "bandwidth")
         for name in ("gamma_a", "gamma_b", "lambda_a", "lambda_b"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"--bmaml_{name} must be positive; got {getattr(self, name)}.")
+                raise ConfigError(f"{self.flag(name)} must be positive; got {getattr(self, name)}.")
 
     def exp_suffix(self, config) -> str:
         s = super().exp_suffix(config) + f".lead{self.leader_steps}"
@@ -283,8 +279,8 @@ class PLATIPUSOptions(AlgorithmOptions):
     init_gamma: float = option(0.01, "initial learned step sizes gamma_p and gamma_q.")
 
     def validate(self, config) -> None:
-        at_least(self, "platipus", 1, "num_samples", "train_samples")
-        at_least(self, "platipus", 0, "kl_weight")
+        at_least(self, 1, "num_samples", "train_samples")
+        at_least(self, 0, "kl_weight")
 
     def exp_suffix(self, config) -> str:
         return (f".kl{self.kl_weight:g}.ts{self.train_samples}.std{self.init_log_std:g}.g{self.init_gamma:g}")
@@ -310,8 +306,8 @@ class LLAMAOptions(AlgorithmOptions):
                                      "(0: --llama_tau's).")
 
     def validate(self, config) -> None:
-        at_least(self, "llama", 0, "eta", "tau", "predict_tau")
-        at_least(self, "llama", 1, "num_samples")
+        at_least(self, 0, "eta", "tau", "predict_tau")
+        at_least(self, 1, "num_samples")
         if config.mixed_precision:
             raise ConfigError("LLAMA's curvature (Cholesky factorisations) runs in float32: drop --mixed_precision.")
 
@@ -340,8 +336,8 @@ class MMAMLOptions(AlgorithmOptions):
                                    "clipped).")
 
     def validate(self, config) -> None:
-        check_choices(self, "mmaml")
-        at_least(self, "mmaml", 0, "modulated_layers", "encoder_hidden", "inner_grad_clip", "clip_norm")
+        check_choices(self)
+        at_least(self, 0, "modulated_layers", "encoder_hidden", "inner_grad_clip", "clip_norm")
 
     def exp_suffix(self, config) -> str:
         return f".{self.modulation}" + (f".layers{self.modulated_layers}" if self.modulated_layers else "")
