@@ -74,14 +74,6 @@ def check_resumable(config: Config, directory: str) -> None:
                             "--logdir.")
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def _writable_folder(path: str, flag: str) -> None:
     """Creates `path` if needed; raises `TrainingError` if it cannot be written (before any work is done)."""
     try:
