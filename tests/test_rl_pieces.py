@@ -128,3 +128,40 @@ def test_gaussian_log_prob_and_kl_against_closed_forms():
     ratio = (gaussian.log_prob(tf.constant(draws), tf.constant(m[0]), tf.constant(s))
              - gaussian.log_prob(tf.constant(draws), tf.constant(m2[0]), tf.constant(s2))).numpy()
     assert abs(ratio.mean() - want_kl[0]) < 4 * ratio.std() / math.sqrt(len(ratio))
+
+
+def test_kl_hessian_vector_product_at_the_old_policy_is_the_fisher_vector_product():
+    """TRPO's curvature: the Hessian of the mean KL(old || new) at new = old, times v, equals the Fisher matrix of
+    the Gaussian policy times v, computed directly: `J^T diag(1/sigma^2) J v` for the mean and `2 v` for each
+    state-independent log standard deviation (averaged over the states)."""
+    from maml_tf.core.hvp import hvp
+
+    rng = np.random.default_rng(4)
+    states = tf.constant(rng.normal(size=(6, 3)))
+    weights = [tf.constant(rng.normal(size=(3, 2))), tf.constant(rng.normal(size=2)),
+               tf.constant([0.3, -0.2], tf.float64)]  # W, b of the mean; the log standard deviation.
+    vector = [tf.constant(rng.normal(size=w.shape)) for w in weights]
+
+    def mean_of(w):
+        return tf.tanh(states @ w[0] + w[1])  # A nonlinear mean: the Fisher is not the KL's Hessian elsewhere.
+
+    old_mean, old_log_std = tf.stop_gradient(mean_of(weights)), tf.stop_gradient(weights[2])
+
+    def kl_and_grads(w):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            kl = tf.reduce_mean(gaussian.kl(old_mean, old_log_std, mean_of(w), w[2]))
+        return kl, tape.gradient(kl, w)
+
+    got = hvp(kl_and_grads, weights, vector)
+    with tf.autodiff.ForwardAccumulator(weights[:2], vector[:2]) as acc:
+        mean = mean_of(weights)
+    jv = acc.jvp(mean)  # J v, [states, actions].
+    with tf.GradientTape() as tape:
+        tape.watch(weights[:2])
+        mean = mean_of(weights)
+    # J^T diag(1/sigma^2) J v / states, by a vector-Jacobian product.
+    seed = tf.stop_gradient(jv * tf.exp(-2.0 * weights[2])) / states.shape[0]
+    want = tape.gradient(mean, weights[:2], output_gradients=seed) + [2.0 * vector[2]]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-10, atol=1e-12)
