@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from maml_tf.core.execution import num_tasks
 from maml_tf.replicas import all_reduce_mean, assign, gather_tasks, replica_context  # noqa: F401 (re-exported)
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
@@ -80,7 +81,7 @@ def shard(strategy: tf.distribute.Strategy, batch):
     """`batch` (the global meta-batch, any nest with a leading task axis) as per-replica values: replica i gets the
     i-th equal share of the tasks."""
     replicas = strategy.num_replicas_in_sync
-    size = tf.nest.flatten(batch)[0].shape[0]
+    size = num_tasks(batch)
     check_divisible(size, replicas)
     share = size // replicas
 

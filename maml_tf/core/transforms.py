@@ -89,14 +89,14 @@ def scale(factor) -> Transform:
     return stateless(lambda updates, params, **extra: [factor * u for u in updates])
 
 
-def scale_by_learned(step_sizes: Sequence, per_step: bool = False, negate: bool = True) -> Transform:
+def scale_by_learned(step_sizes: Sequence, per_step: bool = False) -> Transform:
     """`-a * updates` with meta-learned step sizes `a`, one per entry (Meta-SGD: tensors of the weight's shape;
     MAML++: scalars per layer). `per_step`: each entry has a leading axis of inner steps, indexed by the extra
     `step`; steps past the last use the last entry (evaluation longer than training)."""
 
     def fn(updates, params, step=None, **extra):
         sizes = [a[min(step, a.shape[0] - 1)] for a in step_sizes] if per_step else step_sizes
-        return [-(a * u) if negate else a * u for a, u in zip(sizes, updates)]
+        return [-(a * u) for a, u in zip(sizes, updates)]
 
     return stateless(fn)
 

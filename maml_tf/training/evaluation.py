@@ -87,12 +87,16 @@ def adapted_function_figure(config: Config, algo, context: dict) -> Dict[str, ob
     return {"figure": path}
 
 
-def _predictive_tasks(config: Config, split: str):
-    """The test tasks as `test` draws them, with their descriptions (regression) or as meta-batches of one."""
-    source = make_tasks(config, split, TEST_SEED)
-    if config.classification:
-        return source, list(source.batches(1, config.num_test_tasks))
-    return source, [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]
+def _predictive_tasks(config: Config, context: dict):
+    """The test tasks as `test` draws them, with their descriptions (regression) or as meta-batches of one; drawn
+    once and kept in `context` for the evaluators after the first."""
+    if "tasks" not in context:
+        source = make_tasks(config, context["split"], TEST_SEED)
+        if config.classification:
+            context["tasks"] = source, list(source.batches(1, config.num_test_tasks))
+        else:
+            context["tasks"] = source, [task for _ in range(config.num_test_tasks) for task in source.sample_tasks(1)]
+    return context["tasks"]
 
 
 def predictive_measures(config: Config, algo, context: dict) -> Dict[str, object]:
@@ -102,7 +106,7 @@ def predictive_measures(config: Config, algo, context: dict) -> Dict[str, object
     if config.baseline == "oracle":  # Its inputs carry the task: no predictive distribution to measure.
         return {}
     steps, stem = config.num_updates, context["stem"]
-    source, tasks = _predictive_tasks(config, context["split"])
+    source, tasks = _predictive_tasks(config, context)
     if config.classification:
         result = uncertainty.evaluate_classification(algo, tasks, steps)
         uncertainty.report(result, stem + ".uncertainty.json")
@@ -121,7 +125,7 @@ def task_embeddings_figure(config: Config, algo, context: dict) -> Dict[str, obj
     """The task encoder's embeddings of the regression test tasks, by mode (`algo.task_embedding`)."""
     if config.classification or config.baseline == "oracle":
         return {}
-    _, tasks = _predictive_tasks(config, context["split"])
+    _, tasks = _predictive_tasks(config, context)
     path = plot_task_embeddings(algo, tasks, context["stem"] + ".embeddings.png")
     print(f"Wrote {path}")
     return {"embeddings_figure": path}
